@@ -15,6 +15,7 @@ from __future__ import annotations
 
 __all__ = [
     "ALL_KEYS",
+    "COST_KEYS",
     "DEFAULT_PREFIX",
     "NTK_KEYS",
     "PARAM_KEYS",
@@ -22,7 +23,6 @@ __all__ = [
     "RATE_KEYS",
     "REGIME_CODES",
     "REGION_KEYS",
-    "COST_KEYS",
     "SKIP_KEYS",
     "full_key",
 ]

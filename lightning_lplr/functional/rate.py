@@ -1,0 +1,392 @@
+"""Convergence-rate fits of a suboptimality gap, regime classification, predicted contraction.
+
+Conventions (DESIGN.md §2): over a window of steps ``t`` with gaps ``Δ_t = L_t − L*``
+
+* linear (geometric) model ``log Δ_t ≈ a + b·t``: slope ``b``, per-step contraction
+  ``ρ = e^b``, half-life ``ln 2 / |b|``;
+* sublinear (power-law) model ``log Δ_t ≈ c + p·log t``;
+* predicted contraction of gradient descent with step ``η`` under a PL constant
+  ``μ`` and smoothness ``β``: ``ρ_pred = 1 − 2ημ(1 − ηβ/2)``, stable when ``η·β < 2``.
+
+Points that cannot enter a log-fit (a non-positive or non-finite gap, a non-finite
+step) are dropped, not errors: the fits report how many points they used, and with
+fewer than two usable points every fitted value is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from enum import Enum
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ArrayLike",
+    "LinearRateFit",
+    "Regime",
+    "SublinearFit",
+    "classify_regime",
+    "fit_linear_rate",
+    "fit_sublinear_rate",
+    "predicted_contraction",
+    "stability_indicator",
+]
+
+ArrayLike = Tensor | np.ndarray | Sequence[float]
+"""A 1-D series: torch tensor, numpy array, or a sequence of floats / 0-d tensors."""
+
+
+def _as_float_array(values: Any, argument: str) -> np.ndarray:
+    """``values`` as a 1-D float64 numpy array (tensors on any device, sequences of 0-d tensors)."""
+    if isinstance(values, Tensor):
+        arr = values.detach().to("cpu", torch.float64).numpy()
+    else:
+        try:
+            arr = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            try:
+                arr = np.asarray([float(v) for v in values], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"{argument} must be a 1-D sequence of numbers, a numpy array or a tensor; "
+                    f"got {type(values).__name__}."
+                ) from None
+    if arr.ndim != 1:
+        raise ValueError(f"{argument} must be 1-D; got shape {arr.shape}.")
+    return arr
+
+
+def _as_float(value: Any, argument: str) -> float:
+    """A python float from a number, a numpy scalar or a one-element tensor."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{argument} must be a scalar; got a tensor of shape {tuple(value.shape)}.")
+        return float(value.detach().item())
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{argument} must be a number; got {type(value).__name__}.") from None
+
+
+def _is_real(value: Any) -> bool:
+    """A real number (python, numpy) that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    """An integer (python, numpy) that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _steps_for(gaps: np.ndarray, steps: Any) -> np.ndarray:
+    if steps is None:
+        return np.arange(gaps.shape[0], dtype=np.float64)
+    t = _as_float_array(steps, "steps")
+    if t.shape != gaps.shape:
+        raise ValueError(
+            f"steps and gaps must have the same length; got steps of length {t.shape[0]} and gaps of "
+            f"length {gaps.shape[0]}."
+        )
+    return t
+
+
+class _LineFit(NamedTuple):
+    slope: float
+    intercept: float
+    r2: float
+    sse: float
+
+
+def _fit_line(x: np.ndarray, y: np.ndarray) -> _LineFit:
+    """Least squares ``y ≈ intercept + slope·x`` (centred for conditioning); needs ≥ 2 distinct x.
+
+    ``r2 = 1 − SSE/SST``. When ``y`` is constant up to round-off (``SST`` at the level
+    of float64 resolution) the constant line fits exactly: ``slope = 0``, ``r2 = 1``.
+    """
+    x_mean = float(x.mean())
+    y_mean = float(y.mean())
+    dx = x - x_mean
+    dy = y - y_mean
+    sxx = float(dx @ dx)
+    sst = float(dy @ dy)
+    if not sxx > 0:
+        return _LineFit(math.nan, math.nan, math.nan, math.nan)
+    resolution = 64 * np.finfo(np.float64).eps * max(1.0, float(np.abs(y).max()))
+    if sst <= y.shape[0] * resolution**2:
+        return _LineFit(0.0, y_mean, 1.0, 0.0)
+    slope = float(dx @ dy) / sxx
+    residual = dy - slope * dx
+    sse = float(residual @ residual)
+    return _LineFit(slope, y_mean - slope * x_mean, max(0.0, 1.0 - sse / sst), sse)
+
+
+class LinearRateFit(NamedTuple):
+    """Fit of ``log Δ_t ≈ intercept + slope·t`` (natural log, ``t`` in steps)."""
+
+    slope: float
+    """``b``: per-step log-decrease; negative while the gap shrinks."""
+    intercept: float
+    """``a``: the fitted ``log Δ`` at ``t = 0``."""
+    contraction: float
+    """``ρ = e^b``: fitted per-step factor of the gap, ``< 1`` while it shrinks."""
+    half_life: float
+    """``ln 2 / |b|`` steps (a doubling time when ``b > 0``); ``inf`` when ``b == 0``."""
+    r2: float
+    """Coefficient of determination of the log-linear fit, ``1 − SSE/SST``."""
+    num_points: int
+    """How many points the fit used (after dropping unusable ones)."""
+
+
+def _usable(gaps: Any, steps: Any) -> tuple[np.ndarray, np.ndarray]:
+    g = _as_float_array(gaps, "gaps")
+    t = _steps_for(g, steps)
+    keep = np.isfinite(g) & (g > 0) & np.isfinite(t)
+    return t[keep], g[keep]
+
+
+def _linear_from_points(t: np.ndarray, g: np.ndarray) -> LinearRateFit:
+    n = int(t.shape[0])
+    line = _fit_line(t, np.log(g)) if n >= 2 else None
+    if line is None or math.isnan(line.slope):
+        nan = math.nan
+        return LinearRateFit(nan, nan, nan, nan, nan, n)
+    b = line.slope
+    half_life = math.log(2) / abs(b) if b != 0 else math.inf
+    return LinearRateFit(b, line.intercept, math.exp(b), half_life, line.r2, n)
+
+
+def fit_linear_rate(gaps: ArrayLike, steps: ArrayLike | None = None) -> LinearRateFit:
+    """Least-squares fit of ``log Δ_t ≈ a + b·t``: the linear (geometric) convergence rate.
+
+    Points whose gap is not positive or not finite, or whose step is not finite,
+    are dropped before fitting (a gap ``≤ 0`` has no logarithm; DESIGN.md §2 skips
+    such steps). With fewer than two usable points, or all usable points at one
+    step, every float of the fit is NaN and ``num_points`` says how many were usable.
+
+    ``r2 = 1 − SSE/SST`` of the log-linear fit, ``1.0`` for an exact geometric
+    sequence. When ``log Δ`` is constant over the window (``SST = 0`` up to
+    round-off) the horizontal line fits exactly: ``slope = 0``, ``contraction = 1``,
+    ``half_life = inf`` and ``r2 = 1.0`` (a plateau, perfectly described with rate
+    zero; :func:`classify_regime` does not call it linear convergence).
+
+    Args:
+        gaps: suboptimality gaps ``Δ_t``, 1-D.
+        steps: the step of each gap, same length; default ``0, 1, …, n−1``.
+
+    Returns:
+        :class:`LinearRateFit` with the slope ``b`` per step, intercept ``a`` (at
+        ``t = 0``), contraction ``e^b``, half-life ``ln 2/|b|``, ``r2`` and ``num_points``.
+
+    Raises:
+        ValueError: ``gaps`` or ``steps`` not 1-D, or of different lengths.
+
+    Example:
+        >>> fit = fit_linear_rate([1.0, 0.5, 0.25, 0.125])
+        >>> round(fit.contraction, 12), round(fit.half_life, 12), fit.r2, fit.num_points
+        (0.5, 1.0, 1.0, 4)
+        >>> fit_linear_rate([1.0, 0.0, -1.0]).num_points
+        1
+    """
+    t, g = _usable(gaps, steps)
+    return _linear_from_points(t, g)
+
+
+class SublinearFit(NamedTuple):
+    """Fit of ``log Δ_t ≈ intercept + exponent·log t`` (natural logs, ``t ≥ 1``)."""
+
+    exponent: float
+    """``p``: the power of ``t``; ``Δ ∝ t^p``, ``p = −1`` for the ``O(1/t)`` rate."""
+    intercept: float
+    """``c``: the fitted ``log Δ`` at ``t = 1``."""
+    r2: float
+    """Coefficient of determination of the log-log fit, ``1 − SSE/SST``."""
+    num_points: int
+    """How many points the fit used (after dropping unusable ones)."""
+
+
+def _sublinear_from_points(t: np.ndarray, g: np.ndarray) -> SublinearFit:
+    n = int(t.shape[0])
+    line = _fit_line(np.log(t), np.log(g)) if n >= 2 else None
+    if line is None or math.isnan(line.slope):
+        nan = math.nan
+        return SublinearFit(nan, nan, nan, n)
+    return SublinearFit(line.slope, line.intercept, line.r2, n)
+
+
+def fit_sublinear_rate(gaps: ArrayLike, steps: ArrayLike | None = None) -> SublinearFit:
+    """Least-squares fit of ``log Δ_t ≈ c + p·log t``: the sublinear (power-law) rate.
+
+    ``t`` is the step counted from the start of training, used as given: points
+    with ``t < 1`` are dropped, together with non-positive or non-finite gaps. We
+    do not shift a window to start at 1: a power law ``Δ ∝ t^p`` is anchored at the
+    start of training, and shifting a late window (``t − t_first + 1``) would turn
+    an exact ``1/t`` sequence into something that is no power law at all. With the
+    default steps ``0, 1, …, n−1`` only the first point is dropped.
+
+    Args:
+        gaps: suboptimality gaps ``Δ_t``, 1-D.
+        steps: the step of each gap, same length; default ``0, 1, …, n−1``.
+
+    Returns:
+        :class:`SublinearFit` with exponent ``p``, intercept ``c``, ``r2`` (defined as in
+        :func:`fit_linear_rate`, ``1.0`` for a constant ``log Δ``) and ``num_points``;
+        all floats NaN with fewer than two usable points.
+
+    Raises:
+        ValueError: ``gaps`` or ``steps`` not 1-D, or of different lengths.
+
+    Example:
+        >>> fit = fit_sublinear_rate([1.0, 1 / 2, 1 / 3, 1 / 4], steps=[1, 2, 3, 4])
+        >>> round(fit.exponent, 12), round(fit.r2, 12), fit.num_points
+        (-1.0, 1.0, 4)
+    """
+    t, g = _usable(gaps, steps)
+    keep = t >= 1
+    return _sublinear_from_points(t[keep], g[keep])
+
+
+class Regime(str, Enum):
+    """Which convergence model explains a window of gaps better (see :func:`classify_regime`)."""
+
+    LINEAR = "linear"
+    """Geometric decay, ``log Δ`` linear in ``t``."""
+    SUBLINEAR = "sublinear"
+    """Power-law decay, ``log Δ`` linear in ``log t``."""
+    UNDETERMINED = "undetermined"
+    """Too few points, no decrease, a poor fit, or no clear winner."""
+
+
+def classify_regime(
+    gaps: ArrayLike,
+    steps: ArrayLike | None = None,
+    *,
+    min_r2: float = 0.9,
+    min_points: int = 5,
+    max_sse_ratio: float = 0.5,
+) -> Regime:
+    """Classify a window of gaps as linear, sublinear or undetermined convergence.
+
+    The rule:
+
+    1. Keep the points usable by *both* fits: finite positive gaps at finite steps
+       ``t ≥ 1`` (see :func:`fit_sublinear_rate`), so both models are fitted to the
+       same data. Fewer than ``min_points`` → ``UNDETERMINED``.
+    2. Fit ``log Δ ≈ a + b·t`` and ``log Δ ≈ c + p·log t``. Both have two parameters
+       and the same total sum of squares, so comparing their ``R²`` is comparing their
+       residual sums of squares ``SSE``.
+    3. A model wins when its ``SSE`` is at most ``max_sse_ratio`` times the other's
+       (default: half; a relative margin, so an exact sequence is decided even when
+       both ``R²`` are close to 1, while noise that both models fit equally well is
+       not) — and its ``R²`` is at least ``min_r2`` — and it describes a decrease
+       (``b < 0`` or ``p < 0``). Otherwise ``UNDETERMINED``.
+
+    Short late windows where ``log t`` is almost linear in ``t`` are genuinely hard
+    to tell apart; the rule then answers ``UNDETERMINED`` rather than guess.
+
+    Args:
+        gaps: suboptimality gaps ``Δ_t``, 1-D.
+        steps: the step of each gap (from the start of training), same length;
+            default ``0, 1, …, n−1``.
+        min_r2: the winner's ``R²`` must reach this, in ``[0, 1]``.
+        min_points: least number of usable points, ``≥ 3``.
+        max_sse_ratio: the winner's ``SSE`` is at most this fraction of the loser's,
+            in ``(0, 1]``.
+
+    Returns:
+        :class:`Regime`.
+
+    Raises:
+        ValueError: an argument out of its range (named with its value), or ``gaps``
+            and ``steps`` of different lengths.
+
+    Example:
+        >>> classify_regime([0.5**t for t in range(20)])
+        <Regime.LINEAR: 'linear'>
+        >>> classify_regime([1 / t for t in range(1, 21)], steps=range(1, 21))
+        <Regime.SUBLINEAR: 'sublinear'>
+        >>> classify_regime([1.0, 0.5])
+        <Regime.UNDETERMINED: 'undetermined'>
+    """
+    if not _is_real(min_r2) or not 0 <= min_r2 <= 1:
+        raise ValueError(f"min_r2={min_r2!r} must be a number in [0, 1].")
+    if not _is_int(min_points) or min_points < 3:
+        raise ValueError(f"min_points={min_points!r} must be an int >= 3 (a line through 2 points is exact).")
+    if not _is_real(max_sse_ratio) or not 0 < max_sse_ratio <= 1:
+        raise ValueError(f"max_sse_ratio={max_sse_ratio!r} must be a number in (0, 1].")
+    t, g = _usable(gaps, steps)
+    keep = t >= 1
+    t, g = t[keep], g[keep]
+    if t.shape[0] < min_points:
+        return Regime.UNDETERMINED
+    y = np.log(g)
+    linear = _fit_line(t, y)
+    sublinear = _fit_line(np.log(t), y)
+    if math.isnan(linear.slope) or math.isnan(sublinear.slope):
+        return Regime.UNDETERMINED
+    for winner, loser, regime in ((linear, sublinear, Regime.LINEAR), (sublinear, linear, Regime.SUBLINEAR)):
+        if winner.sse < loser.sse and winner.sse <= max_sse_ratio * loser.sse:
+            if winner.r2 >= min_r2 and winner.slope < 0:
+                return regime
+            return Regime.UNDETERMINED
+    return Regime.UNDETERMINED
+
+
+def predicted_contraction(lr: float, mu: float, beta: float | None = None) -> float:
+    """Predicted per-step contraction of the gap under gradient descent: ``1 − 2ημ(1 − ηβ/2)``.
+
+    For a ``β``-smooth loss satisfying the PL inequality ``½‖∇L‖² ≥ μ (L − L*)``, one
+    gradient step of size ``η`` gives ``Δ_{t+1} ≤ (1 − 2ημ(1 − ηβ/2)) Δ_t``. With
+    ``beta=None`` the curvature term is dropped: ``1 − 2ημ``. Compare with the
+    measured ``e^b`` of :func:`fit_linear_rate`. The formula is for plain gradient
+    descent (no momentum, no adaptive step).
+
+    Args:
+        lr: step size ``η``, finite and ``≥ 0``.
+        mu: PL constant ``μ`` (e.g. the lower envelope of the PL ratio, or ``μ_NTK``).
+        beta: smoothness ``β`` (e.g. ``λ_max(J Jᵀ)/m`` for squared loss) or ``None``.
+
+    Returns:
+        ``ρ_pred`` as a float; ``nan`` when ``mu`` or ``beta`` is not finite.
+
+    Raises:
+        ValueError: ``lr`` negative or not finite.
+
+    Example:
+        >>> predicted_contraction(0.1, 1.0)
+        0.8
+        >>> predicted_contraction(0.5, 0.5, beta=1.0)
+        0.625
+    """
+    eta = _as_float(lr, "lr")
+    if not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"lr={lr!r} must be a finite step size >= 0.")
+    m = _as_float(mu, "mu")
+    factor = 1.0 if beta is None else 1.0 - eta * _as_float(beta, "beta") / 2
+    value = 1.0 - 2.0 * eta * m * factor
+    return value if math.isfinite(value) else math.nan
+
+
+def stability_indicator(lr: float, beta: float) -> float:
+    """Stability indicator ``η·β`` of gradient descent; compare with 2.
+
+    Gradient descent on a ``β``-smooth loss decreases it for ``η·β < 2``; above 2 the
+    step overshoots along the sharpest direction (the edge of stability).
+
+    Args:
+        lr: step size ``η``.
+        beta: smoothness / sharpness ``β`` (e.g. ``λ_max(J Jᵀ)/m`` for squared loss).
+
+    Returns:
+        ``η·β`` as a float (``nan`` if either is not finite).
+
+    Example:
+        >>> stability_indicator(0.5, 3.0)
+        1.5
+    """
+    value = _as_float(lr, "lr") * _as_float(beta, "beta")
+    return value if math.isfinite(value) else math.nan
