@@ -1,0 +1,796 @@
+"""``LPLRMonitor``: NTK, PL and linear-rate monitoring in one Lightning callback.
+
+The callback decides *when* to measure, *on what* (the probe), *where to log* and
+*what to persist*; every number comes from :mod:`lightning_lplr.functional`.
+:class:`~lightning_lplr.NTKMonitor`, :class:`~lightning_lplr.PLMonitor` and
+:class:`~lightning_lplr.LinearRateMonitor` are the same machinery with only some
+of the parts switched on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
+
+from lightning_lplr.callbacks.probe import Probe, default_input_fn, default_target_fn, select_probe
+from lightning_lplr.functional.ntk import NTKImplementation, empirical_ntk, trainable_params
+from lightning_lplr.functional.pl import (
+    LowerEnvelope,
+    estimate_loss_star,
+    ntk_gradient_norm_sq,
+    ntk_pl_bounds,
+    pl_ratio,
+)
+from lightning_lplr.functional.rate import (
+    classify_regime,
+    fit_linear_rate,
+    predicted_contraction,
+)
+from lightning_lplr.functional.spectrum import kernel_distance, spectrum_stats
+from lightning_lplr.reporting import tensorboard as tb
+from lightning_lplr.reporting.fanout import log_sample
+from lightning_lplr.reporting.keys import DEFAULT_PREFIX, REGIME_CODES
+from lightning_lplr.schedules import Schedule, as_schedule, log_spaced
+
+__all__ = ["PRESETS", "LPLRMonitor", "LPLRWarning", "Preset"]
+
+_MONITOR_KINDS = ("full", "trace", "pseudo")
+_STRATEGIES_REFUSED = ("FSDP", "DeepSpeed", "ModelParallel", "XLA")
+_PARTS = frozenset({"ntk", "pl", "rate"})
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A cost/detail trade-off for the NTK part of the monitors."""
+
+    kind: str
+    probe_size: int
+    ntk_every: Schedule
+
+
+PRESETS: dict[str, Preset] = {
+    "cheap": Preset(kind="pseudo", probe_size=16, ntk_every=log_spaced(per_decade=3, max_interval=2000)),
+    "default": Preset(kind="full", probe_size=32, ntk_every=log_spaced(per_decade=5, max_interval=1000)),
+    "full": Preset(kind="full", probe_size=64, ntk_every=log_spaced(per_decade=10, max_interval=200)),
+}
+"""``cheap``: pNTK of 16 samples, ~3 samples per decade of steps. ``default``: full kernel
+of 32 samples, ~5 per decade and at least every 1000 steps. ``full``: full kernel of 64
+samples, ~10 per decade and at least every 200 steps."""
+
+
+class LPLRMonitor(Callback):
+    r"""Monitor whether training sits in a locally Polyak–Łojasiewicz region.
+
+    Add it to a ``Trainer`` and train as usual; nothing in the ``training_step``
+    changes. At steps chosen by ``ntk_every`` it computes the empirical NTK ``K`` of a
+    fixed probe of ``m`` training samples (``Θ = K/m``; eval mode, detached parameters,
+    the module's modes, the RNG and every ``.grad`` left exactly as they were). At
+    every step chosen by ``step_every`` it reads the training loss and the gradient
+    norm the optimizer is about to use and estimates the PL ratio and the linear rate.
+
+    Definitions (DESIGN.md §2): gap ``Δ_t = L(θ_t) − L*``; step PL ratio
+    ``μ̂_t = ‖∇L(θ_t)‖² / (2Δ_t)`` (biased upward by gradient noise under mini-batch SGD;
+    the probe ratio is the full-batch one); lower envelope = running min and low
+    quantile of ``μ̂`` over ``envelope_window`` steps; linear rate = least-squares fit of
+    ``log Δ_t`` over the last ``rate_window`` logged steps; predicted contraction
+    ``1 − 2ημ(1 − ηβ/2)`` with ``μ`` the envelope (or ``μ_NTK`` when ``loss_fn`` is
+    given) and ``β = λ_max(Θ)``, logged only for plain SGD (no momentum, not adaptive);
+    NTK drift ``‖Θ_t − Θ_0‖/‖Θ_0‖``; parameter drift ``r_t = ‖θ_t − θ_0‖``; Lipschitz
+    estimate ``L̂ = max_s ‖Θ_s − Θ_0‖₂ / r_s``; certificate ``μ_cert = λ_min(Θ_0) − L̂·r_t``.
+
+    Logged Metrics (each under ``prefix``, default ``"lplr/"``, at the optimizer step
+    ``t`` — ``trainer.global_step`` before the step — whose parameters they describe):
+        At NTK samples: ``ntk/lambda_min``, ``ntk/lambda_max``, ``ntk/condition_number``,
+        ``ntk/trace``, ``ntk/effective_rank`` (of ``Θ``), ``ntk/drift_op``,
+        ``ntk/drift_fro``, ``ntk/lipschitz``, ``ntk/eta_beta``, ``param/drift``,
+        ``region/mu_cert``, ``region/inside`` (1 or 0), ``cost/ntk_seconds``; with
+        ``loss_fn``: ``pl/ratio_probe`` and, for ``kind="full"``, ``pl/mu_ntk``.
+        At step samples: ``pl/gap``, ``pl/ratio_step``, ``pl/envelope_min``,
+        ``pl/envelope_q05``; once ``rate_min_points`` gaps are in the window:
+        ``rate/slope``, ``rate/contraction``, ``rate/half_life``, ``rate/r2``,
+        ``rate/regime`` (1 linear, 0 undetermined, −1 sublinear) and, for plain SGD,
+        ``rate/contraction_pred``. When a sample is skipped: ``skipped/nonfinite_loss``,
+        ``skipped/nonpositive_gap``, ``skipped/ntk_error`` (cumulative counts).
+        TensorBoard loggers also get the "LPLR" custom-scalars layout, a histogram
+        ``ntk/eigenvalues`` per NTK sample and a markdown ``summary`` at the end of fit.
+
+    Args:
+        preset: ``"cheap"``, ``"default"`` or ``"full"`` (see :data:`PRESETS`); supplies
+            ``kind``, ``probe_size`` and ``ntk_every`` where those are ``None``.
+        ntk_every: NTK schedule: an int interval, a ``Callable[[int], bool]``, or
+            ``None`` for the preset's. Step 0 (or the first step of the fit) is always sampled.
+        step_every: schedule of the step-level PL and rate quantities (default every step).
+        probe: where the probe comes from: a ``Dataset``, ``DataLoader``, input tensor or
+            ``(x, y)`` tuple; ``None`` takes the training dataset at fit start.
+        probe_size: probe samples ``m``.
+        probe_seed: ``None`` takes the first ``m`` samples; an int a seeded random subset.
+        input_fn: batch → model input (default: tensor, first element, or ``"x"``-like key).
+        target_fn: batch → targets (for ``loss_fn``).
+        output_fn: model output → tensor ``(batch, *out)``, for models returning dicts etc.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` on the probe; enables the probe
+            PL ratio and ``μ_NTK``.
+        kind: NTK kind, ``"full"``, ``"trace"`` or ``"pseudo"``.
+        implementation: NTK implementation (see ``NTKImplementation``).
+        chunk_size: probe samples per NTK chunk (bounds memory).
+        loss_star: ``L*``: ``"zero"``, a float, ``"running_min"`` or ``"fit"``.
+        loss_star_margin: safety margin of ``"running_min"``.
+        envelope_window: steps in the lower envelope's window (``None``: whole run).
+        envelope_quantile: the robust low quantile (default 5 %).
+        rate_window: logged steps in the rate fit's window.
+        rate_min_points: gaps needed before the rate is logged.
+        prefix: prefix of every logged key.
+        log_histograms: write NTK eigenvalue histograms to TensorBoard loggers.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> monitor = LPLRMonitor(preset="cheap", ntk_every=50)
+        >>> trainer = Trainer(callbacks=[monitor], logger=False, enable_progress_bar=False)
+        >>> monitor.kind, monitor.probe_size
+        ('pseudo', 16)
+    """
+
+    _parts: frozenset[str] = _PARTS
+
+    def __init__(
+        self,
+        *,
+        preset: str = "default",
+        ntk_every: int | Schedule | None = None,
+        step_every: int | Schedule | None = 1,
+        probe: Dataset | DataLoader | Tensor | tuple[Tensor, ...] | None = None,
+        probe_size: int | None = None,
+        probe_seed: int | None = None,
+        input_fn: Callable[[Any], Tensor] | None = None,
+        target_fn: Callable[[Any], Tensor | None] | None = None,
+        output_fn: Callable[[Any], Tensor] | None = None,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        kind: str | None = None,
+        implementation: str = "auto",
+        chunk_size: int | None = None,
+        loss_star: str | float = "zero",
+        loss_star_margin: float = 1e-3,
+        envelope_window: int | None = None,
+        envelope_quantile: float = 0.05,
+        rate_window: int = 50,
+        rate_min_points: int = 10,
+        prefix: str = DEFAULT_PREFIX,
+        log_histograms: bool = True,
+    ) -> None:
+        if preset not in PRESETS:
+            raise ValueError(
+                f"preset={preset!r} is not one of {sorted(PRESETS)}; pick one, e.g. preset='cheap'."
+            )
+        chosen = PRESETS[preset]
+        self.preset = preset
+        self.kind = chosen.kind if kind is None else kind
+        if self.kind not in _MONITOR_KINDS:
+            raise ValueError(
+                f"kind={self.kind!r}: the monitors take one of {_MONITOR_KINDS} (a 'diagonal' kernel has "
+                "no single spectrum; use empirical_ntk(kind='diagonal') directly)."
+            )
+        try:
+            NTKImplementation(implementation)
+        except ValueError:
+            allowed = [m.value for m in NTKImplementation]
+            raise ValueError(f"implementation={implementation!r} is not one of {allowed}.") from None
+        self.implementation = implementation
+        self.probe_size = chosen.probe_size if probe_size is None else probe_size
+        if isinstance(self.probe_size, bool) or not isinstance(self.probe_size, int) or self.probe_size < 1:
+            raise ValueError(f"probe_size={self.probe_size!r} must be an int >= 1.")
+        self.ntk_every = as_schedule(chosen.ntk_every if ntk_every is None else ntk_every, "ntk_every")
+        self.step_every = as_schedule(step_every, "step_every")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size={chunk_size!r} must be a positive int or None.")
+        if not (
+            isinstance(loss_star, (int, float)) and not isinstance(loss_star, bool)
+        ) and loss_star not in (
+            "zero",
+            "running_min",
+            "fit",
+        ):
+            raise ValueError(
+                f"loss_star={loss_star!r}: pass 'zero', 'running_min', 'fit' or a float (the known optimum)."
+            )
+        if rate_window < 2:
+            raise ValueError(f"rate_window={rate_window!r} must be >= 2 steps.")
+        if not 2 <= rate_min_points <= rate_window:
+            raise ValueError(
+                f"rate_min_points={rate_min_points!r} must lie in [2, rate_window={rate_window}]."
+            )
+        if loss_fn is not None and not callable(loss_fn):
+            raise ValueError(f"loss_fn={loss_fn!r} must be a callable loss_fn(outputs, targets) -> scalar.")
+        self.probe_source = probe
+        self.probe_seed = probe_seed
+        self.input_fn = input_fn or default_input_fn
+        self.target_fn = target_fn or default_target_fn
+        self.output_fn = output_fn
+        self.loss_fn = loss_fn
+        self.chunk_size = chunk_size
+        self.loss_star = loss_star
+        self.loss_star_margin = loss_star_margin
+        self.envelope_quantile = envelope_quantile
+        self.envelope_window = envelope_window
+        self.rate_window = rate_window
+        self.rate_min_points = rate_min_points
+        self.prefix = prefix
+        self.log_histograms = log_histograms
+        self._envelope = LowerEnvelope(window=envelope_window, quantile=envelope_quantile)
+        self._reset_run_state()
+
+    # ------------------------------------------------------------------ state
+    def _reset_run_state(self) -> None:
+        self._probe: Probe | None = None
+        self._theta0: dict[str, Tensor] | None = None
+        self._kernel0: Tensor | None = None
+        self._lambda_min0 = math.nan
+        self._lipschitz = 0.0
+        self._envelope = LowerEnvelope(window=self.envelope_window, quantile=self.envelope_quantile)
+        self._window: deque[tuple[int, float]] = deque(maxlen=self.rate_window)
+        self._probe_losses: deque[tuple[int, float]] = deque(maxlen=self.rate_window)
+        self._running_min = math.inf
+        self._skips: dict[str, int] = {"nonfinite_loss": 0, "nonpositive_gap": 0, "ntk_error": 0}
+        self._warned: set[str] = set()
+        self._last_ntk_step = -1
+        self._last: dict[str, float] = {}
+        self._history: dict[str, list[tuple[int, float]]] = {}
+        self._beta = math.nan
+        self._mu_ntk = math.nan
+        # Per-step scratch, never persisted (a checkpoint is written between steps).
+        self._step: int | None = None
+        self._losses: list[Tensor] = []
+        self._grad_norm_sq: Tensor | None = None
+        self._lr = math.nan
+        self._plain_sgd = False
+        self._queued: dict[str, float] = {}
+
+    @property
+    def state_key(self) -> str:
+        """Checkpoint key derived from the configuration, so two monitors can coexist."""
+        return self._generate_state_key(
+            kind=self.kind, probe_size=self.probe_size, prefix=self.prefix, parts=sorted(self._parts)
+        )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "probe_x": None if self._probe is None else self._probe.x.cpu(),
+            "probe_y": None if self._probe is None or self._probe.y is None else self._probe.y.cpu(),
+            "theta0": None if self._theta0 is None else {k: v.cpu() for k, v in self._theta0.items()},
+            "kernel0": None if self._kernel0 is None else self._kernel0.cpu(),
+            "lambda_min0": self._lambda_min0,
+            "lipschitz": self._lipschitz,
+            "envelope": self._envelope.state_dict(),
+            "window": list(self._window),
+            "probe_losses": list(self._probe_losses),
+            "running_min": self._running_min,
+            "skips": dict(self._skips),
+            "last_ntk_step": self._last_ntk_step,
+            "beta": self._beta,
+            "mu_ntk": self._mu_ntk,
+            "last": dict(self._last),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        x = state_dict.get("probe_x")
+        self._probe = None if x is None else Probe(x, state_dict.get("probe_y"))
+        self._theta0 = state_dict.get("theta0")
+        self._kernel0 = state_dict.get("kernel0")
+        self._lambda_min0 = state_dict.get("lambda_min0", math.nan)
+        self._lipschitz = state_dict.get("lipschitz", 0.0)
+        if "envelope" in state_dict:
+            self._envelope.load_state_dict(state_dict["envelope"])
+        self._window = deque(state_dict.get("window", []), maxlen=self.rate_window)
+        self._probe_losses = deque(state_dict.get("probe_losses", []), maxlen=self.rate_window)
+        self._running_min = state_dict.get("running_min", math.inf)
+        self._skips.update(state_dict.get("skips", {}))
+        self._last_ntk_step = state_dict.get("last_ntk_step", -1)
+        self._beta = state_dict.get("beta", math.nan)
+        self._mu_ntk = state_dict.get("mu_ntk", math.nan)
+        self._last = dict(state_dict.get("last", {}))
+
+    # ------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        strategy = type(trainer.strategy).__name__
+        if any(name in strategy for name in _STRATEGIES_REFUSED):
+            raise ValueError(
+                f"{type(self).__name__} does not support strategy {strategy}: it shards parameters, so the "
+                "NTK of the full model cannot be formed on one rank. Use strategy='ddp' (or 'ddp_spawn') or "
+                "a single device."
+            )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.loggers:
+            self._warn_once(
+                "no_logger",
+                f"{type(self).__name__}: the Trainer has no logger, so nothing is written to disk; the "
+                "values are still in trainer.callback_metrics. Pass logger=TensorBoardLogger('runs') to see "
+                "them.",
+            )
+        if trainer.is_global_zero:
+            tb.write_layout(trainer.loggers, self.prefix)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        device = pl_module.device
+        if "ntk" in self._parts or self.loss_fn is not None:
+            if self._probe is None:
+                self._probe = self._select_probe(trainer)
+            self._probe = self._probe.to(device)
+            self._check_output(pl_module)
+        if self._theta0 is None:
+            self._theta0 = {k: v.clone() for k, v in trainer_params(pl_module).items()}
+        else:
+            self._theta0 = {k: v.to(device) for k, v in self._theta0.items()}
+        if self._kernel0 is not None:
+            self._kernel0 = self._kernel0.to(device)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        t = trainer.global_step
+        if self._step != t:
+            self._step, self._losses, self._grad_norm_sq, self._queued = t, [], None, {}
+        if not self._wants_probe_work(t):
+            return
+        self._last_ntk_step = t
+        self._queued.update(self._sample_probe(trainer, pl_module, t))
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if not ({"pl", "rate"} & self._parts) or not self.step_every(trainer.global_step):
+            return
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads:
+            norms = torch.stack([torch.linalg.vector_norm(g.detach(), dtype=torch.float64) for g in grads])
+            self._grad_norm_sq = (norms**2).sum()
+        group = optimizer.param_groups[0]
+        self._lr = float(group.get("lr", math.nan))
+        self._plain_sgd = _is_plain_sgd(optimizer)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = _loss_of(outputs)
+        if loss is not None:
+            self._losses.append(loss.detach().to(torch.float64))
+        t = self._step
+        if t is None or trainer.global_step == t:
+            return  # gradient accumulation: the optimizer has not stepped yet
+        metrics = dict(self._queued)
+        if ({"pl", "rate"} & self._parts) and self.step_every(t):
+            metrics.update(self._step_metrics(trainer, t))
+        self._queued = {}
+        self._step = None
+        self._record(metrics, t)
+        log_sample(trainer, pl_module, {self.prefix + k: v for k, v in metrics.items()}, t)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            tb.add_text_summary(
+                trainer.loggers, self.prefix + "summary", self.summary_markdown(), trainer.global_step
+            )
+
+    # ------------------------------------------------------------------ probe and NTK
+    def _wants_probe_work(self, t: int) -> bool:
+        if t == self._last_ntk_step:
+            return False
+        if "ntk" in self._parts:
+            return self._kernel0 is None or bool(self.ntk_every(t))
+        return self.loss_fn is not None and bool(self.ntk_every(t))
+
+    def _select_probe(self, trainer: pl.Trainer) -> Probe:
+        source = self.probe_source
+        if source is None:
+            source = trainer.train_dataloader
+            if isinstance(source, (list, tuple)) and source and isinstance(source[0], DataLoader):
+                source = source[0]
+            if source is None:
+                raise ValueError(
+                    f"{type(self).__name__} found no training dataloader to draw the probe from; pass probe=."
+                )
+        probe = select_probe(
+            source, self.probe_size, seed=self.probe_seed, input_fn=self.input_fn, target_fn=self.target_fn
+        )
+        if trainer.world_size > 1:
+            probe = trainer.strategy.broadcast(probe, src=0)
+        return probe
+
+    def _model_fn(self, pl_module: nn.Module) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
+        output_fn = self.output_fn
+
+        def fn(params: dict[str, Tensor], x: Tensor) -> Tensor:
+            out = functional_call(pl_module, params, (x,))
+            return output_fn(out) if output_fn is not None else out
+
+        return fn
+
+    def _check_output(self, pl_module: pl.LightningModule) -> None:
+        assert self._probe is not None
+        with _preserved(pl_module), torch.no_grad():
+            pl_module.eval()
+            out = self._model_fn(pl_module)(trainer_params(pl_module), self._probe.x[:1])
+        if not isinstance(out, Tensor):
+            raise ValueError(
+                f"the model returned a {type(out).__name__}, not a tensor, so the NTK cannot be formed; pass "
+                "output_fn=lambda out: out['logits'] (or whatever picks the output tensor) to the monitor."
+            )
+
+    def _kernel(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:
+        """The probe kernel on every rank, or ``None`` when any rank failed (all ranks skip together)."""
+        assert self._probe is not None
+        fn = self._model_fn(pl_module)
+        params = trainer_params(pl_module)
+        x = self._probe.x
+        world = trainer.world_size
+        error: BaseException | None = None
+        block: Tensor | None = None
+        rows = self._probe.shard(trainer.global_rank, world) if world > 1 else slice(None)
+        try:
+            kwargs = {"params": params, "kind": self.kind, "implementation": self.implementation}
+            kwargs["chunk_size"] = self.chunk_size
+            block = empirical_ntk(fn, x, **kwargs) if world == 1 else empirical_ntk(fn, x[rows], x, **kwargs)
+        except Exception as err:  # the user's run must go on, whatever the NTK hit (OOM included)
+            error = err
+        if world > 1:
+            failed = trainer.strategy.reduce(
+                torch.tensor(float(error is not None), device=pl_module.device), reduce_op="sum"
+            )
+            if float(failed) > 0:
+                error = error or RuntimeError("the NTK computation failed on another rank")
+        if error is not None:
+            self._skip("ntk_error", f"the NTK computation raised {type(error).__name__}: {error}")
+            return None
+        assert block is not None
+        if world == 1:
+            return block.to(torch.float64)
+        return self._gather_rows(trainer, block.to(torch.float64), x.shape[0])
+
+    def _gather_rows(self, trainer: pl.Trainer, block: Tensor, m: int) -> Tensor:
+        assert self._probe is not None
+        world = trainer.world_size
+        own = self._probe.shard(trainer.global_rank, world)
+        per_row = block.shape[0] // (own.stop - own.start)  # O kernel rows per sample (full), else 1
+        longest = -(-m // world) * per_row
+        padded = torch.zeros((longest, *block.shape[1:]), dtype=block.dtype, device=block.device)
+        padded[: block.shape[0]] = block
+        gathered = trainer.strategy.all_gather(padded)  # (world, longest, ...)
+        parts = []
+        for rank in range(world):
+            sl = self._probe.shard(rank, world)
+            parts.append(gathered[rank, : (sl.stop - sl.start) * per_row])
+        return torch.cat(parts)
+
+    def _sample_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, t: int) -> dict[str, float]:
+        started = time.perf_counter()
+        metrics: dict[str, float] = {}
+        with _preserved(pl_module), _compute_context(pl_module):
+            pl_module.eval()
+            kernel = self._kernel(trainer, pl_module) if "ntk" in self._parts else None
+            if "ntk" in self._parts and kernel is None:
+                metrics["skipped/ntk_error"] = float(self._skips["ntk_error"])
+                return metrics
+            if kernel is not None:
+                metrics.update(self._ntk_metrics(pl_module, kernel, t))
+            if self.loss_fn is not None:
+                metrics.update(self._probe_pl_metrics(pl_module, kernel, t))
+        metrics["cost/ntk_seconds"] = time.perf_counter() - started
+        return metrics
+
+    def _ntk_metrics(self, pl_module: pl.LightningModule, kernel: Tensor, t: int) -> dict[str, float]:
+        assert self._probe is not None and self._theta0 is not None
+        m = self._probe.size
+        stats = spectrum_stats(kernel, normalize=m)
+        if not math.isfinite(stats.lambda_max):
+            self._skip("ntk_error", "the NTK has non-finite entries")
+            return {"skipped/ntk_error": float(self._skips["ntk_error"])}
+        if self._kernel0 is None:
+            self._kernel0 = kernel.detach().clone()
+            self._lambda_min0 = stats.lambda_min
+        drift_op = kernel_distance(kernel, self._kernel0, norm="op")
+        drift_fro = kernel_distance(kernel, self._kernel0, norm="fro")
+        radius = _param_distance(trainer_params(pl_module), self._theta0)
+        if radius > 0:
+            # ‖Θ_t − Θ_0‖₂ = drift_op · ‖Θ_0‖₂ and ‖Θ_0‖₂ = λ_max(Θ_0) for a PSD kernel.
+            theta0_norm = float(torch.linalg.matrix_norm(self._kernel0.double() / m, ord=2))
+            self._lipschitz = max(self._lipschitz, drift_op * theta0_norm / radius)
+        mu_cert = self._lambda_min0 - self._lipschitz * radius
+        self._beta = stats.lambda_max
+        if self.log_histograms and pl_module.trainer.is_global_zero:
+            tb.add_eigenvalue_histogram(
+                pl_module.trainer.loggers, self.prefix + "ntk/eigenvalues", stats.eigenvalues, t
+            )
+        lr = _current_lr(pl_module.trainer)
+        return {
+            "ntk/lambda_min": stats.lambda_min,
+            "ntk/lambda_max": stats.lambda_max,
+            "ntk/condition_number": stats.condition_number,
+            "ntk/trace": stats.trace,
+            "ntk/effective_rank": stats.effective_rank,
+            "ntk/drift_op": drift_op,
+            "ntk/drift_fro": drift_fro,
+            "ntk/lipschitz": self._lipschitz,
+            "ntk/eta_beta": lr * stats.lambda_max,
+            "param/drift": radius,
+            "region/mu_cert": mu_cert,
+            "region/inside": float(mu_cert > 0),
+        }
+
+    def _probe_pl_metrics(
+        self, pl_module: pl.LightningModule, kernel: Tensor | None, t: int
+    ) -> dict[str, float]:
+        assert self._probe is not None and self.loss_fn is not None
+        if self._probe.y is None:
+            self._warn_once("no_targets", "loss_fn is set but the probe has no targets; pass target_fn=.")
+            return {}
+        fn = self._model_fn(pl_module)
+        params = trainer_params(pl_module)
+        x, y = self._probe.x, self._probe.y
+        loss_fn = self.loss_fn
+        with torch.no_grad():
+            out = fn(params, x)
+        out = out.detach().requires_grad_(True)
+        loss = loss_fn(out, y)
+        (g,) = torch.autograd.grad(loss, out)
+        loss_value = float(loss.detach())
+        if kernel is not None and self.kind == "full":
+            grad_norm_sq = ntk_gradient_norm_sq(kernel, g.reshape(-1).to(torch.float64))
+        else:
+            grads = torch.func.grad(lambda p: loss_fn(fn(p, x), y))(params)
+            grad_norm_sq = float(sum((v.double() ** 2).sum() for v in grads.values()))
+        self._probe_losses.append((t, loss_value))
+        loss_star = self._loss_star([v for _, v in self._probe_losses], [s for s, _ in self._probe_losses])
+        gap = loss_value - loss_star
+        metrics = {"pl/ratio_probe": pl_ratio(grad_norm_sq, gap)}
+        if kernel is not None and self.kind == "full" and gap > 0:
+            self._mu_ntk = ntk_pl_bounds(kernel, g.reshape(-1).to(torch.float64), gap).lower
+            metrics["pl/mu_ntk"] = self._mu_ntk
+        return metrics
+
+    # ------------------------------------------------------------------ step-level PL and rate
+    def _loss_star(self, losses: list[float], steps: list[int]) -> float:
+        if self.loss_star == "running_min":
+            return estimate_loss_star([min(losses)], "running_min", margin=self.loss_star_margin)
+        if self.loss_star == "fit":
+            if len(losses) < 4:
+                return 0.0 if not losses else min(losses) - abs(min(losses)) * self.loss_star_margin
+            return estimate_loss_star(losses, "fit", steps=steps)
+        return estimate_loss_star(losses, self.loss_star)
+
+    def _step_metrics(self, trainer: pl.Trainer, t: int) -> dict[str, float]:
+        if not self._losses:
+            self._warn_once(
+                "no_loss",
+                "training_step returned no loss tensor (None, or a dict without 'loss'); the step-level PL "
+                "and rate quantities need it and are not logged.",
+            )
+            return {}
+        # Under gradient accumulation Lightning divides each micro-batch loss by
+        # accumulate_grad_batches before backward and hands that value to on_train_batch_end,
+        # so the sum is the objective whose gradient the optimizer sees.
+        loss = torch.stack(self._losses).sum()
+        if trainer.world_size > 1:
+            loss = trainer.strategy.reduce(loss, reduce_op="mean")
+        loss_value = float(loss)
+        grad_norm_sq = math.nan if self._grad_norm_sq is None else float(self._grad_norm_sq)
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm_sq)):
+            self._skip(
+                "nonfinite_loss", f"non-finite loss {loss_value} or squared gradient norm {grad_norm_sq}"
+            )
+            return {"skipped/nonfinite_loss": float(self._skips["nonfinite_loss"])}
+        self._window.append((t, loss_value))
+        self._running_min = min(self._running_min, loss_value)
+        steps = [s for s, _ in self._window]
+        losses = [v for _, v in self._window]
+        if self.loss_star == "running_min":
+            loss_star = estimate_loss_star([self._running_min], "running_min", margin=self.loss_star_margin)
+        else:
+            loss_star = self._loss_star(losses, steps)
+        gap = loss_value - loss_star
+        metrics: dict[str, float] = {"pl/gap": gap}
+        if gap <= 0:
+            self._skip("nonpositive_gap", f"non-positive gap {gap} (L* = {loss_star})", warn=False)
+            metrics["skipped/nonpositive_gap"] = float(self._skips["nonpositive_gap"])
+        else:
+            ratio = pl_ratio(grad_norm_sq, gap)
+            if "pl" in self._parts:
+                metrics["pl/ratio_step"] = ratio
+            self._envelope.update(ratio)
+        if "pl" in self._parts:
+            metrics["pl/envelope_min"] = self._envelope.minimum
+            metrics["pl/envelope_q05"] = self._envelope.quantile_value
+        if "rate" in self._parts:
+            metrics.update(self._rate_metrics(steps, [v - loss_star for v in losses]))
+        return metrics
+
+    def _rate_metrics(self, steps: list[int], gaps: list[float]) -> dict[str, float]:
+        usable = [(s, g) for s, g in zip(steps, gaps, strict=True) if g > 0 and math.isfinite(g)]
+        if len(usable) < self.rate_min_points:
+            return {}
+        s, g = zip(*usable, strict=True)
+        fit = fit_linear_rate(list(g), list(s))
+        regime = classify_regime(list(g), list(s))
+        metrics = {
+            "rate/slope": fit.slope,
+            "rate/contraction": fit.contraction,
+            "rate/half_life": fit.half_life,
+            "rate/r2": fit.r2,
+            "rate/regime": REGIME_CODES[str(regime.value)],
+        }
+        if not self._plain_sgd:
+            self._warn_once(
+                "not_plain_sgd",
+                "the optimizer is not plain SGD (momentum, Nesterov or an adaptive method): the predicted "
+                "contraction 1 − 2ημ(1 − ηβ/2) holds for gradient descent only and is not logged; the "
+                "measured "
+                "rate still is.",
+            )
+            return metrics
+        mu = self._mu_ntk if math.isfinite(self._mu_ntk) else self._envelope.minimum
+        if math.isfinite(mu) and math.isfinite(self._lr):
+            beta = self._beta if math.isfinite(self._beta) else None
+            metrics["rate/contraction_pred"] = predicted_contraction(self._lr, mu, beta)
+        return metrics
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _skip(self, cause: str, detail: str, warn: bool = True) -> None:
+        self._skips[cause] += 1
+        if warn:
+            self._warn_once(
+                cause,
+                f"{type(self).__name__} skipped a sample ({cause}): {detail}. Training is unaffected; the "
+                f"monitor counts these under '{self.prefix}skipped/{cause}' and resumes at the next "
+                "scheduled "
+                "step. This warning is shown once.",
+            )
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind in self._warned:
+            return
+        self._warned.add(kind)
+        rank_zero_warn(message, category=LPLRWarning)
+
+    def _record(self, metrics: Mapping[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            self._last[key] = value
+            self._history.setdefault(key, []).append((step, value))
+
+    @property
+    def history(self) -> dict[str, list[tuple[int, float]]]:
+        """Everything this process logged: key (without prefix) → ``[(step, value), …]``."""
+        return self._history
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Samples skipped so far, by cause."""
+        return dict(self._skips)
+
+    def summary(self) -> dict[str, float]:
+        """The latest value of every quantity (key without prefix → value), plus run aggregates."""
+        out = dict(self._last)
+        inside = [v for _, v in self._history.get("region/inside", [])]
+        if inside:
+            out["region/inside_fraction"] = sum(inside) / len(inside)
+        lam = [v for _, v in self._history.get("ntk/lambda_min", [])]
+        if lam:
+            out["ntk/lambda_min_lowest"] = min(lam)
+        for cause, count in self._skips.items():
+            out[f"skipped/{cause}"] = float(count)
+        return out
+
+    def summary_markdown(self) -> str:
+        """A short markdown report of the run so far (written to TensorBoard at the end of fit)."""
+        s = self.summary()
+
+        def fmt(key: str) -> str:
+            value = s.get(key)
+            return "n/a" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+        regime = {1.0: "linear", 0.0: "undetermined", -1.0: "sublinear"}.get(
+            s.get("rate/regime", math.nan), "n/a"
+        )
+        lines = [
+            "| quantity | value |",
+            "|---|---|",
+            f"| regime (last window) | {regime} |",
+            f"| contraction per step, measured | {fmt('rate/contraction')} (R² {fmt('rate/r2')}) |",
+            f"| contraction per step, predicted | {fmt('rate/contraction_pred')} |",
+            f"| PL envelope min / q05 | {fmt('pl/envelope_min')} / {fmt('pl/envelope_q05')} |",
+            f"| μ_NTK (last) | {fmt('pl/mu_ntk')} |",
+            f"| NTK λ_min (last, lowest) | {fmt('ntk/lambda_min')}, {fmt('ntk/lambda_min_lowest')} |",
+            f"| NTK drift (op) | {fmt('ntk/drift_op')} |",
+            f"| parameter drift | {fmt('param/drift')} |",
+            f"| certificate μ_cert (last) | {fmt('region/mu_cert')} |",
+            f"| fraction of NTK samples inside region | {fmt('region/inside_fraction')} |",
+            f"| skipped samples | {', '.join(f'{k}: {v}' for k, v in self._skips.items())} |",
+        ]
+        return "\n".join(lines)
+
+
+class LPLRWarning(UserWarning):
+    """A monitor could not measure something; training is unaffected."""
+
+
+def trainer_params(module: nn.Module) -> dict[str, Tensor]:
+    """The module's trainable parameters, detached (shared storage, no copy)."""
+    return trainable_params(module)
+
+
+def _param_distance(params: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> float:
+    total = torch.zeros((), dtype=torch.float64)
+    for name, value in params.items():
+        ref = reference.get(name)
+        if ref is None:
+            continue
+        total = total + ((value.double() - ref.double()) ** 2).sum().cpu()
+    return float(total.sqrt())
+
+
+def _loss_of(outputs: Any) -> Tensor | None:
+    if isinstance(outputs, Tensor):
+        return outputs if outputs.numel() == 1 else None
+    if isinstance(outputs, Mapping):
+        loss = outputs.get("loss")
+        return loss if isinstance(loss, Tensor) and loss.numel() == 1 else None
+    return None
+
+
+def _is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
+    if type(optimizer) is not torch.optim.SGD:
+        return False
+    return all(g.get("momentum", 0) == 0 and not g.get("nesterov", False) for g in optimizer.param_groups)
+
+
+def _current_lr(trainer: pl.Trainer) -> float:
+    optimizers = trainer.optimizers
+    if not optimizers:
+        return math.nan
+    return float(optimizers[0].param_groups[0].get("lr", math.nan))
+
+
+@contextlib.contextmanager
+def _preserved(module: nn.Module) -> Iterator[None]:
+    """Restore every submodule's train/eval flag and the global RNG states on exit."""
+    modes = [(m, m.training) for m in module.modules()]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = (
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    )
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+@contextlib.contextmanager
+def _compute_context(module: nn.Module) -> Iterator[None]:
+    """Gradients on, inference mode and autocast off: the NTK is computed in full precision."""
+    device_type = next((p.device.type for p in module.parameters()), "cpu")
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device_type, enabled=False):
+        yield

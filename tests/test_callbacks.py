@@ -1,0 +1,503 @@
+"""Integration tests of the monitors on tiny real Trainer fits (issue 3)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_lplr import LinearRateMonitor, LPLRMonitor, NTKMonitor, PLMonitor
+from lightning_lplr.callbacks import LPLRWarning
+from lightning_lplr.reporting.keys import ALL_KEYS
+from tests._lightning_models import (
+    LinearRegression,
+    SmallNet,
+    loader,
+    regression_data,
+    squared_loss,
+    trainer_kwargs,
+)
+
+NTK_EVERY = 5
+STEPS = 20
+
+
+def _fit(model, data, callbacks, **kw):
+    trainer = pl.Trainer(callbacks=callbacks, **trainer_kwargs(**kw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LPLRWarning)
+        trainer.fit(model, data)
+    return trainer
+
+
+# ---------------------------------------------------------------------------- loggers read back
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory):
+    """One fit written to a real TensorBoard, CSV and MLflow (local file store) logger at once."""
+    root = tmp_path_factory.mktemp("loggers")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    torch.manual_seed(0)
+    x, y = regression_data(n=24)
+    model = SmallNet(lr=0.05)
+    monitor = LPLRMonitor(ntk_every=NTK_EVERY, probe_size=8, loss_fn=squared_loss, rate_min_points=5)
+    loggers = [
+        TensorBoardLogger(str(root / "tb"), name="run"),
+        CSVLogger(str(root / "csv"), name="run"),
+        MLFlowLogger(experiment_name="lplr", tracking_uri=f"file:{root / 'mlruns'}"),
+    ]
+    trainer = _fit(model, loader(x, y), [monitor], logger=loggers, max_steps=STEPS)
+    yield root, trainer, monitor, loggers
+    mp.undo()
+
+
+def _expected_steps(key: str) -> list[int]:
+    ntk_steps = [t for t in range(STEPS) if t % NTK_EVERY == 0]
+    if key.startswith(("ntk/", "param/", "region/", "cost/")) or key in ("pl/ratio_probe", "pl/mu_ntk"):
+        return ntk_steps
+    if key.startswith("rate/"):
+        return list(range(4, STEPS))  # rate_min_points=5 gaps -> first fit at step 4
+    return list(range(STEPS))
+
+
+def test_tensorboard_event_file_holds_every_key(logged_run):
+    root, *_ = logged_run
+    event_dirs = list((root / "tb").rglob("events.out.tfevents.*"))
+    assert event_dirs, "no event file written"
+    acc = EventAccumulator(
+        str(event_dirs[0].parent), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0}
+    )
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for key in ALL_KEYS:
+        tag = "lplr/" + key
+        assert tag in tags, f"{tag} missing from the event file"
+        events = acc.Scalars(tag)
+        steps = [e.step for e in events]
+        assert steps == _expected_steps(key), (key, steps)
+        assert all(math.isfinite(e.value) for e in events), key
+    # Custom-scalars layout and eigenvalue histograms.
+    assert "lplr/ntk/eigenvalues" in acc.Tags()["histograms"]
+    assert [h.step for h in acc.Histograms("lplr/ntk/eigenvalues")] == _expected_steps("ntk/lambda_min")
+    layout = acc.PluginTagToContent("custom_scalars")
+    assert layout, "custom scalars layout not written"
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    parsed = layout_pb2.Layout()
+    parsed.ParseFromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    assert parsed.category[0].title == "LPLR"
+    assert len(parsed.category[0].chart) >= 6
+    # The markdown summary written at the end of fit.
+    assert "lplr/summary/text_summary" in acc.Tags()["tensors"]
+
+
+def test_csv_logger_has_one_row_per_logged_step(logged_run):
+    root, *_ = logged_run
+    path = next((root / "csv").rglob("metrics.csv"))
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    lplr_rows = [r for r in rows if r.get("lplr/pl/gap")]
+    steps = [int(r["step"]) for r in lplr_rows]
+    assert steps == list(range(STEPS))  # one row per step, no duplicates
+    for key in ALL_KEYS:
+        assert "lplr/" + key in rows[0], key
+        logged = [int(r["step"]) for r in rows if r.get("lplr/" + key)]
+        assert logged == _expected_steps(key), key
+
+
+def test_mlflow_logger_read_back_through_its_client(logged_run):
+    from mlflow.tracking import MlflowClient
+
+    root, _, _, loggers = logged_run
+    client = MlflowClient(tracking_uri=f"file:{root / 'mlruns'}")
+    run_id = loggers[2].run_id
+    for key in ("ntk/lambda_min", "pl/ratio_step", "rate/contraction", "region/inside"):
+        history = client.get_metric_history(run_id, "lplr/" + key)
+        assert sorted(m.step for m in history) == _expected_steps(key), key
+
+
+def test_callback_metrics_and_history_agree(logged_run):
+    _, trainer, monitor, _ = logged_run
+    for key in ("ntk/lambda_min", "pl/envelope_min", "rate/r2"):
+        assert float(trainer.callback_metrics["lplr/" + key]) == pytest.approx(monitor.history[key][-1][1])
+    # The probe PL ratio is bounded below by μ_NTK (Rayleigh bound, DESIGN.md §2).
+    for (s1, ratio), (s2, mu) in zip(
+        monitor.history["pl/ratio_probe"], monitor.history["pl/mu_ntk"], strict=True
+    ):
+        assert s1 == s2
+        assert ratio >= mu * (1 - 1e-6)
+
+
+# ---------------------------------------------------------------------------- known answer
+def test_linear_least_squares_rate_through_the_whole_stack():
+    """GD on over-parameterised least squares: the exact asymptotic contraction is (1 − ηλ_min(XXᵀ/n))²."""
+    n, d, lr = 16, 40, 0.2
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    model = LinearRegression(d, lr).double()
+    monitor = LPLRMonitor(ntk_every=10, probe_size=n, rate_window=40)
+    _fit(model, loader(x, y), [monitor], max_steps=150)
+    eig = torch.linalg.eigvalsh(x @ x.T / n)
+    exact = (1 - lr * eig[0].item()) ** 2
+    # 1e-3 as the issue states; the window ends after 150 steps when the second mode has
+    # decayed by ((1 − ηλ_2)/(1 − ηλ_1))^300, so the fit is in fact much closer.
+    assert monitor.summary()["rate/contraction"] == pytest.approx(exact, abs=1e-3)
+    assert monitor.summary()["rate/regime"] == 1.0
+    lam_min = min(v for _, v in monitor.history["ntk/lambda_min"])
+    lam_max = max(v for _, v in monitor.history["ntk/lambda_max"])
+    assert lam_min == pytest.approx(eig[0].item(), rel=1e-9)
+    for _, ratio in monitor.history["pl/ratio_step"]:
+        assert lam_min * (1 - 1e-9) <= ratio <= lam_max * (1 + 1e-9)
+
+
+# ---------------------------------------------------------------------------- non-interference
+@pytest.mark.parametrize("variant", ["dropout", "batchnorm"])
+def test_weights_bit_identical_with_and_without_monitor(variant):
+    x, y = regression_data(n=40)
+    finals = []
+    for with_monitor in (False, True):
+        pl.seed_everything(7, verbose=False)
+        model = SmallNet(dropout=0.3 if variant == "dropout" else 0.0, batchnorm=variant == "batchnorm")
+        callbacks = [LPLRMonitor(ntk_every=2, probe_size=6, loss_fn=squared_loss)] if with_monitor else []
+        _fit(model, loader(x, y, batch_size=10, shuffle=True), callbacks, max_steps=12)
+        finals.append({k: v.clone() for k, v in model.state_dict().items()})
+        rng_after = torch.get_rng_state()
+        finals[-1]["__rng__"] = rng_after
+    for key in finals[0]:
+        assert torch.equal(finals[0][key], finals[1][key]), key
+
+
+def test_ntk_sample_restores_modes_rng_and_grads():
+    model = SmallNet(dropout=0.2, batchnorm=True)
+    x, y = regression_data(n=12)
+    monitor = LPLRMonitor(probe_size=4, probe=(x, y), loss_fn=squared_loss)
+    trainer = pl.Trainer(**trainer_kwargs(max_steps=1))
+    model.trainer = trainer  # type: ignore[misc]
+    monitor._probe = monitor._select_probe(trainer)
+    from lightning_lplr.callbacks.lplr_monitor import trainer_params
+
+    monitor._theta0 = {k: v.clone() for k, v in trainer_params(model).items()}
+    model.train()
+    model.net[1].eval()  # a mixed state must come back as it was
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    modes = [m.training for m in model.modules()]
+    rng = torch.get_rng_state()
+    running_mean = model.net[1].running_mean.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metrics = monitor._sample_probe(trainer, model, 0)
+    assert "ntk/lambda_min" in metrics and "pl/mu_ntk" in metrics
+    assert [m.training for m in model.modules()] == modes
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(model.net[1].running_mean, running_mean)
+    assert all(torch.equal(p.grad, torch.full_like(p, 3.0)) for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------- resume
+def test_resume_logs_the_same_values_as_the_uninterrupted_run(tmp_path):
+    x, y = regression_data(n=20)
+
+    def run(max_steps, ckpt_path=None, save=False):
+        torch.manual_seed(3)
+        model = SmallNet(lr=0.1)
+        monitor = LPLRMonitor(
+            ntk_every=3, probe_size=6, loss_fn=squared_loss, rate_min_points=4, rate_window=8
+        )
+        callbacks = [monitor]
+        kw = {}
+        if save:
+            callbacks.append(ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=7, save_top_k=-1))
+            kw["enable_checkpointing"] = True
+        trainer = pl.Trainer(callbacks=callbacks, **trainer_kwargs(max_steps=max_steps, **kw))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model, loader(x, y), ckpt_path=ckpt_path)
+        return monitor
+
+    full = run(16, save=True)
+    ckpt = next(tmp_path.glob("*step=7.ckpt"))
+    resumed = run(16, ckpt_path=str(ckpt))
+    assert resumed.history, "nothing logged after resume"
+    for key, series in resumed.history.items():
+        if key.startswith("cost/"):
+            continue  # wall time differs between any two runs
+        reference = dict(full.history[key])
+        for step, value in series:
+            assert step >= 7
+            ref = reference[step]
+            assert value == pytest.approx(ref, rel=1e-9, abs=1e-12) or (
+                math.isnan(value) and math.isnan(ref)
+            ), (
+                key,
+                step,
+            )
+    assert "ntk/drift_op" in resumed.history and resumed.history["ntk/drift_op"][0][0] == 9
+
+
+# ---------------------------------------------------------------------------- early stopping, CLI
+def test_early_stopping_on_the_envelope():
+    x, y = regression_data(n=16)
+    model = SmallNet(lr=0.05)
+    stopper = EarlyStopping(
+        monitor="lplr/pl/envelope_min", mode="max", patience=1, check_on_train_epoch_end=True
+    )
+    trainer = _fit(model, loader(x, y, batch_size=4), [PLMonitor(), stopper], max_epochs=50)
+    # The running minimum never increases, so patience 1 stops the run after a couple of epochs.
+    assert trainer.current_epoch < 10
+    assert stopper.stopped_epoch > 0
+    assert "lplr/pl/envelope_min" in trainer.callback_metrics
+
+
+def test_lightning_cli_yaml_with_the_callback(tmp_path):
+    from lightning.pytorch.cli import LightningCLI
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+trainer:
+  max_steps: 6
+  accelerator: cpu
+  enable_progress_bar: false
+  enable_model_summary: false
+  logger:
+    class_path: lightning.pytorch.loggers.CSVLogger
+    init_args:
+      save_dir: {tmp_path}
+  callbacks:
+    - class_path: lightning_lplr.LPLRMonitor
+      init_args:
+        preset: cheap
+        ntk_every: 2
+        probe_size: 4
+        rate_min_points: 3
+model:
+  d: 6
+data:
+  n: 12
+"""
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cli = LightningCLI(
+            SmallNet, _RegressionData, args=["fit", "--config", str(config)], save_config_callback=None
+        )
+    monitor = next(cb for cb in cli.trainer.callbacks if isinstance(cb, LPLRMonitor))
+    assert monitor.kind == "pseudo"
+    assert [s for s, _ in monitor.history["ntk/lambda_min"]] == [0, 2, 4]
+    assert "lplr/rate/contraction" in cli.trainer.callback_metrics
+
+
+class _RegressionData(pl.LightningDataModule):
+    def __init__(self, n: int = 12) -> None:
+        super().__init__()
+        self.n = n
+
+    def train_dataloader(self):
+        return loader(*regression_data(n=self.n))
+
+
+# ---------------------------------------------------------------------------- faults
+class _NaNAfter(SmallNet):
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.global_step in (3, 4):  # a NaN value with a finite gradient
+            return loss + (torch.tensor(float("nan")) - loss.detach())
+        return loss
+
+
+def test_nan_loss_is_skipped_counted_and_warned_once():
+    x, y = regression_data(n=16)
+    model = _NaNAfter()
+    monitor = LPLRMonitor(ntk_every=2, probe_size=4)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(max_steps=8))
+    with pytest.warns(LPLRWarning, match="nonfinite_loss") as record:
+        trainer.fit(model, loader(x, y))
+    assert sum("nonfinite_loss" in str(w.message) for w in record) == 1
+    assert monitor.skipped["nonfinite_loss"] == 2
+    assert [s for s, _ in monitor.history["pl/ratio_step"]] == [0, 1, 2, 5, 6, 7]
+    assert monitor.history["skipped/nonfinite_loss"] == [(3, 1.0), (4, 2.0)]
+    assert trainer.global_step == 8
+
+
+def test_nonpositive_gap_is_skipped_not_fatal():
+    x, y = regression_data(n=16)
+    monitor = PLMonitor(loss_star=10.0)  # an L* above every loss: every gap is negative
+    trainer = _fit(SmallNet(), loader(x, y), [monitor], max_steps=5)
+    assert trainer.global_step == 5
+    assert monitor.skipped["nonpositive_gap"] == 5
+    assert "pl/ratio_step" not in monitor.history
+
+
+@pytest.mark.parametrize(
+    "error",
+    [torch.OutOfMemoryError("CPU out of memory (simulated)"), RuntimeError("boom")],
+    ids=["oom", "runtime-error"],
+)
+def test_exception_inside_ntk_is_skipped_and_sampling_resumes(monkeypatch, error):
+    import lightning_lplr.callbacks.lplr_monitor as mod
+
+    calls = {"n": 0}
+    real = mod.empirical_ntk
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "empirical_ntk", flaky)
+    x, y = regression_data(n=16)
+    monitor = NTKMonitor(ntk_every=2, probe_size=4)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(max_steps=8))
+    with pytest.warns(LPLRWarning, match="ntk_error"):
+        trainer.fit(SmallNet(), loader(x, y))
+    assert trainer.global_step == 8
+    assert monitor.skipped["ntk_error"] == 1
+    assert [s for s, _ in monitor.history["ntk/lambda_min"]] == [0, 4, 6]
+    assert monitor.history["skipped/ntk_error"] == [(2, 1.0)]
+
+
+def test_probe_larger_than_dataset_is_a_clear_error():
+    x, y = regression_data(n=5)
+    trainer = pl.Trainer(callbacks=[LPLRMonitor(probe_size=8)], **trainer_kwargs(max_steps=2))
+    with pytest.raises(ValueError, match=r"probe_size=8 is larger than the training dataset \(5 samples\)"):
+        trainer.fit(SmallNet(), loader(x, y))
+
+
+class _DictOut(SmallNet):
+    def forward(self, x):
+        return {"pred": self.net(x)}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return squared_loss(self(x)["pred"], y)
+
+
+def test_non_tensor_output_needs_output_fn():
+    x, y = regression_data(n=8)
+    trainer = pl.Trainer(callbacks=[NTKMonitor(probe_size=4)], **trainer_kwargs(max_steps=2))
+    with pytest.raises(ValueError, match="output_fn="):
+        trainer.fit(_DictOut(), loader(x, y))
+    monitor = NTKMonitor(probe_size=4, output_fn=lambda out: out["pred"])
+    _fit(_DictOut(), loader(x, y), [monitor], max_steps=2)
+    assert len(monitor.history["ntk/lambda_min"]) == 2
+
+
+@pytest.mark.parametrize("strategy", ["FSDPStrategy", "DeepSpeedStrategy"])
+def test_sharded_strategies_are_refused_at_setup(strategy):
+    monitor = LPLRMonitor()
+    fake = type(strategy, (), {})()
+    trainer = type("T", (), {"strategy": fake})()
+    with pytest.raises(ValueError, match=f"does not support strategy {strategy}.*strategy='ddp'"):
+        monitor.setup(trainer, None, "fit")  # type: ignore[arg-type]
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="preset='fast'"):
+        LPLRMonitor(preset="fast")
+    with pytest.raises(ValueError, match="kind='diagonal'"):
+        LPLRMonitor(kind="diagonal")
+    with pytest.raises(ValueError, match="ntk_every=0"):
+        LPLRMonitor(ntk_every=0)
+    with pytest.raises(ValueError, match="loss_star='min'"):
+        LPLRMonitor(loss_star="min")
+    with pytest.raises(ValueError, match="implementation='fast'"):
+        LPLRMonitor(implementation="fast")
+
+
+def test_no_logger_warns_once_and_fills_callback_metrics():
+    x, y = regression_data(n=8)
+    trainer = pl.Trainer(callbacks=[LPLRMonitor(probe_size=4, ntk_every=1)], **trainer_kwargs(max_steps=3))
+    with pytest.warns(LPLRWarning, match="no logger"):
+        trainer.fit(SmallNet(), loader(x, y))
+    assert "lplr/ntk/lambda_min" in trainer.callback_metrics
+
+
+# ---------------------------------------------------------------------------- training set-ups
+def test_gradient_accumulation_averages_the_micro_batch_losses():
+    x, y = regression_data(n=16)
+    model = SmallNet(lr=0.0)  # frozen weights: every step sees the same loss
+    monitor = PLMonitor()
+    _fit(model, loader(x, y, batch_size=4), [monitor], max_steps=3, accumulate_grad_batches=4)
+    with torch.no_grad():
+        full_loss = float(squared_loss(model(x), y))
+    assert [s for s, _ in monitor.history["pl/gap"]] == [0, 1, 2]
+    for _, gap in monitor.history["pl/gap"]:
+        assert gap == pytest.approx(full_loss, rel=1e-6)
+    # The accumulated gradient is the full-batch gradient (equal batch sizes): compare ‖∇L‖².
+    model.zero_grad()
+    squared_loss(model(x), y).backward()
+    grad_sq = sum(float((p.grad**2).sum()) for p in model.parameters())
+    assert monitor.history["pl/ratio_step"][0][1] == pytest.approx(grad_sq / (2 * full_loss), rel=1e-5)
+
+
+def test_bf16_autocast_on_cpu():
+    x, y = regression_data(n=16)
+    monitor = LPLRMonitor(ntk_every=2, probe_size=4, loss_fn=squared_loss, rate_min_points=3)
+    trainer = _fit(SmallNet(), loader(x, y), [monitor], max_steps=6, precision="bf16-mixed")
+    assert trainer.global_step == 6
+    lam = [v for _, v in monitor.history["ntk/lambda_min"]]
+    assert len(lam) == 3 and all(math.isfinite(v) and v > 0 for v in lam)
+    assert len(monitor.history["pl/ratio_step"]) == 6
+
+
+def test_frozen_submodule_is_left_out_of_the_ntk():
+    x, y = regression_data(n=16)
+    model = SmallNet(freeze_first=True)
+    monitor = NTKMonitor(ntk_every=2, probe_size=4)
+    _fit(model, loader(x, y), [monitor], max_steps=4)
+    # With the first layer frozen, only the last Linear's parameters count: its NTK is
+    # (H Hᵀ + 1) ⊗ I with H the frozen features, so trace(Θ) = Σ_i (‖h_i‖² + 1) · O / m.
+    model.eval()
+    with torch.no_grad():
+        h = model.net[:2](monitor._probe.x)
+    m = h.shape[0]
+    expected_trace = float(((h**2).sum(1) + 1).sum() * 2 / m)
+    assert monitor.history["ntk/trace"][0][1] == pytest.approx(expected_trace, rel=1e-5)
+
+
+def test_validation_loops_do_not_disturb_the_monitor():
+    x, y = regression_data(n=16)
+    model = SmallNet(validate=True)
+    monitor = LPLRMonitor(ntk_every=2, probe_size=4, rate_min_points=3)
+    trainer = pl.Trainer(
+        callbacks=[monitor], **trainer_kwargs(max_epochs=6, val_check_interval=1, num_sanity_val_steps=2)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, loader(x, y, batch_size=8), loader(x, y, batch_size=8))
+    assert model.val_seen > 0
+    assert [s for s, _ in monitor.history["pl/gap"]] == list(range(12))
+    assert [s for s, _ in monitor.history["ntk/lambda_min"]] == list(range(0, 12, 2))
+
+
+def test_the_parts_log_only_their_keys():
+    x, y = regression_data(n=16)
+    monitors = [NTKMonitor(ntk_every=2, probe_size=4), PLMonitor(), LinearRateMonitor(rate_min_points=3)]
+    _fit(SmallNet(), loader(x, y), monitors, max_steps=5)
+    ntk, plm, rate = (set(m.history) for m in monitors)
+    assert {k.split("/")[0] for k in ntk} == {"ntk", "param", "region", "cost"}
+    assert {k.split("/")[0] for k in plm} == {"pl"}
+    assert {k.split("/")[0] for k in rate} == {"pl", "rate"} and not any(
+        k.startswith("pl/ratio") for k in rate
+    )
+    # Distinct state keys let all three coexist in one checkpoint.
+    assert len({m.state_key for m in monitors}) == 3
+
+
+def test_tensorboard_text_summary_matches_monitor(tmp_path: Path):
+    x, y = regression_data(n=16)
+    monitor = LPLRMonitor(ntk_every=2, probe_size=4, rate_min_points=3)
+    _fit(SmallNet(), loader(x, y), [monitor], max_steps=6, logger=TensorBoardLogger(str(tmp_path)))
+    text = monitor.summary_markdown()
+    assert "| regime (last window) |" in text and "fraction of NTK samples inside region" in text
