@@ -1,0 +1,172 @@
+"""The ``lightning-lplr`` command line (also ``python -m lightning_lplr``).
+
+Usage::
+
+    lightning-lplr report PATH [PATH ...] [--prefix lplr/] [--json | --markdown]
+                          [--plot FILE.png] [--allow-truncated] [--debug]
+
+``PATH`` is a run directory, a parent of runs (e.g. ``lightning_logs/``), a single
+TensorBoard event file or a Lightning ``metrics.csv``. The report goes to stdout
+(text by default); warnings, errors and "wrote FILE" go to stderr, one line each,
+and the exit status says what went wrong (:mod:`lightning_lplr.report.errors`).
+
+Example:
+    >>> args = build_parser().parse_args(["report", "lightning_logs/", "--markdown"])
+    >>> args.paths, args.markdown, args.prefix
+    (['lightning_logs/'], True, 'lplr/')
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from lightning_lplr.report._version import tool_version
+from lightning_lplr.report.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ReportError
+from lightning_lplr.reporting.keys import DEFAULT_PREFIX
+
+__all__ = ["build_parser", "main"]
+
+_PROG = "lightning-lplr"
+
+_EPILOG = """\
+exit status:
+  0 report written; 1 internal error (rerun with --debug); 2 usage error;
+  3 path not found; 4 no runs or no LPLR keys; 5 corrupt/truncated event file or
+  malformed CSV; 6 matplotlib missing for --plot; 7 plot file cannot be written
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lightning-lplr`` (subcommand ``report``)."""
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Summarise logged lightning_lplr metrics: where training converged linearly, the PL\n"
+        "lower envelope, the NTK spectrum and drift, and the region certificate.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {tool_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    report = sub.add_parser(
+        "report",
+        help="summarise one or more runs",
+        description="Summarise one or more runs logged by the lightning_lplr callbacks.\n\n"
+        "PATH is a run directory (TensorBoard event files and/or a Lightning metrics.csv),\n"
+        "a parent of runs (e.g. lightning_logs/; each run is named by its relative path),\n"
+        "an event file or a CSV file. Several PATHs are reported together (and overlaid\n"
+        "by --plot, one colour per run).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("paths", nargs="+", metavar="PATH", help="run directory, parent of runs, or file")
+    report.add_argument(
+        "--prefix", default=DEFAULT_PREFIX, help=f"prefix of the logged names (default: {DEFAULT_PREFIX!r})"
+    )
+    output = report.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json", action="store_true", help="print a JSON document (schema: lightning_lplr.report.schema)"
+    )
+    output.add_argument("--markdown", action="store_true", help="print a markdown report for papers and PRs")
+    report.add_argument(
+        "--plot", metavar="FILE.png", help="also draw a four-panel figure of all runs (needs matplotlib)"
+    )
+    report.add_argument(
+        "--allow-truncated",
+        action="store_true",
+        help="read event files whose last record is incomplete (a run still being written)",
+    )
+    report.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    return parser
+
+
+def _safe_streams() -> None:
+    """Let stdout/stderr replace characters their encoding lacks (ρ, λ in a C locale)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
+
+
+def _error(stderr: TextIO, message: str) -> None:
+    print(f"{_PROG}: error: {message}", file=stderr)
+
+
+def _report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from lightning_lplr.report.reader import load_runs
+    from lightning_lplr.report.render import render_markdown, render_text
+    from lightning_lplr.report.schema import validate_report
+    from lightning_lplr.report.summary import build_report
+
+    def warn(message: str) -> None:
+        print(f"{_PROG}: warning: {message}", file=stderr)
+
+    if args.plot:
+        # Fail before reading anything when the plot cannot be drawn at all.
+        from lightning_lplr.report.plot import _import_matplotlib
+
+        _import_matplotlib()
+    runs = load_runs(args.paths, args.prefix, allow_truncated=args.allow_truncated, warn=warn)
+    document = build_report(runs, args.prefix)
+    if args.plot:
+        from lightning_lplr.report.plot import plot_report
+
+        plot_report(runs, document["runs"], args.plot)
+    if args.json:
+        validate_report(document)
+        stdout.write(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    elif args.markdown:
+        stdout.write(render_markdown(document))
+    else:
+        stdout.write(render_text(document))
+    if args.plot:
+        print(f"{_PROG}: wrote {args.plot}", file=stderr)
+    stdout.flush()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``lightning-lplr`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status.
+
+    Anticipated failures print one line ``lightning-lplr: error: ...`` on stderr and
+    return their status (:mod:`lightning_lplr.report.errors`); an unexpected exception
+    returns 1 with a one-line message unless ``--debug`` is given.
+    """
+    _safe_streams()
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help/--version (0) or a usage error (2)
+        return int(exit_.code or 0) if isinstance(exit_.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        _error(sys.stderr, "missing COMMAND; try 'lightning-lplr report PATH' (see --help)")
+        return EXIT_USAGE
+    try:
+        return _report(args, sys.stdout, sys.stderr)
+    except ReportError as error:
+        _error(sys.stderr, str(error))
+        return error.exit_code
+    except BrokenPipeError:
+        # The reader of stdout went away (``| head``): stop quietly.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        message = f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)"
+        _error(sys.stderr, message)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""Summarise a run's logged LPLR metrics into the ``--json`` document (see :mod:`.schema`).
+
+Every fit goes through :mod:`lightning_lplr.functional.rate`; this module only
+selects the data:
+
+* **Linear spans.** The logged ``rate/regime`` codes (1 linear, 0 undetermined,
+  -1 sublinear) are read in step order; a span is a maximal run of consecutive
+  samples coded linear, from the step of its first to the step of its last sample
+  (a code at step ``t`` judges the fit window that ends at ``t``). Over each span
+  ``pl/gap`` is re-fitted with :func:`~lightning_lplr.functional.rate.fit_linear_rate`
+  on the gaps logged at steps ``start..end`` (their own, possibly irregular, steps),
+  and compared with the mean logged ``rate/contraction_pred`` in the span.
+* **Overall.** ``pl/gap`` over all its steps: :func:`fit_linear_rate` and
+  :func:`~lightning_lplr.functional.rate.classify_regime`, so that a run without
+  ``rate/regime`` still gets a verdict.
+* **Statistics** of a key use its finite values only; "final" is the value at the
+  last step with a finite value.
+
+Example:
+    >>> find_linear_spans([0, 1, 2, 3, 4, 5], [1, 1, 0, 1, float("nan"), 1])
+    [(0, 1, 2), (3, 3, 1), (5, 5, 1)]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lightning_lplr.functional.rate import LinearRateFit, classify_regime, fit_linear_rate
+from lightning_lplr.report._version import tool_version
+from lightning_lplr.report.reader import Run, Series
+from lightning_lplr.report.schema import SCHEMA_VERSION
+from lightning_lplr.reporting.keys import ALL_KEYS, DEFAULT_PREFIX, REGIME_CODES
+
+__all__ = [
+    "build_report",
+    "find_linear_spans",
+    "fit_to_dict",
+    "missing_notes",
+    "series_stats",
+    "summarize_run",
+]
+
+_LINEAR_CODE = REGIME_CODES["linear"]
+
+
+def _num(value: Any) -> float | None:
+    """A finite float, or ``None`` (JSON ``null``) for NaN/inf/None."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def fit_to_dict(fit: LinearRateFit) -> dict[str, Any]:
+    """A :class:`~lightning_lplr.functional.rate.LinearRateFit` as a JSON object (non-finite → ``None``).
+
+    Example:
+        >>> fit_to_dict(fit_linear_rate([1.0, 0.5, 0.25]))["contraction"]
+        0.5
+    """
+    return {
+        "slope": _num(fit.slope),
+        "intercept": _num(fit.intercept),
+        "contraction": _num(fit.contraction),
+        "half_life": _num(fit.half_life),
+        "r2": _num(fit.r2),
+        "num_points": int(fit.num_points),
+    }
+
+
+def series_stats(series: Series) -> dict[str, Any]:
+    """Count, first/last step, initial/final/min/max/mean of the finite values of a series.
+
+    Example:
+        >>> s = Series.from_pairs([(0, 3.0), (5, 1.0), (9, float("nan"))])
+        >>> st = series_stats(s)
+        >>> st["final"], st["min_step"], st["num_points"], st["num_finite"]
+        (1.0, 5, 3, 2)
+    """
+    finite = series.finite()
+    out: dict[str, Any] = {
+        "num_points": len(series),
+        "num_finite": len(finite),
+        "first_step": int(series.steps[0]) if len(series) else None,
+        "last_step": int(series.steps[-1]) if len(series) else None,
+    }
+    if len(finite):
+        v, t = finite.values, finite.steps
+        i_min, i_max = int(np.argmin(v)), int(np.argmax(v))
+        out.update(
+            initial=_num(v[0]),
+            final=_num(v[-1]),
+            min=_num(v[i_min]),
+            min_step=int(t[i_min]),
+            max=_num(v[i_max]),
+            max_step=int(t[i_max]),
+            mean=_num(np.mean(v)),
+        )
+    else:
+        out.update(dict.fromkeys(("initial", "final", "min", "min_step", "max", "max_step", "mean")))
+    return out
+
+
+def find_linear_spans(
+    steps: Sequence[int] | np.ndarray, codes: Sequence[float] | np.ndarray
+) -> list[tuple[int, int, int]]:
+    """Maximal runs of consecutive regime codes equal to the linear code (1).
+
+    Args:
+        steps: increasing steps of the regime samples.
+        codes: the logged ``rate/regime`` values; a non-finite code ends a span.
+
+    Returns:
+        ``[(start_step, end_step, num_samples), ...]`` in step order.
+    """
+    spans: list[tuple[int, int, int]] = []
+    start = end = None
+    count = 0
+    for step, code in zip(
+        np.asarray(steps).tolist(), np.asarray(codes, dtype=np.float64).tolist(), strict=True
+    ):
+        if math.isfinite(code) and round(code) == _LINEAR_CODE:
+            if start is None:
+                start, count = int(step), 0
+            end = int(step)
+            count += 1
+        elif start is not None:
+            spans.append((start, end, count))
+            start = None
+    if start is not None:
+        spans.append((start, end, count))
+    return spans
+
+
+def _mean_between(series: Series | None, start: int, end: int) -> float | None:
+    if series is None:
+        return None
+    window = series.between(start, end).finite()
+    return _num(np.mean(window.values)) if len(window) else None
+
+
+def _linear_spans(run: Run) -> dict[str, Any]:
+    regime = run.get("rate/regime")
+    gap = run.get("pl/gap")
+    out: dict[str, Any] = {
+        "regime_logged": regime is not None,
+        "num_regime_samples": 0,
+        "num_linear_samples": 0,
+        "fraction_linear": None,
+        "spans": [],
+    }
+    if regime is None:
+        return out
+    codes = regime.finite()
+    spans = find_linear_spans(codes.steps, codes.values)
+    num_linear = sum(n for _, _, n in spans)
+    out.update(
+        num_regime_samples=len(codes),
+        num_linear_samples=num_linear,
+        fraction_linear=num_linear / len(codes) if len(codes) else None,
+    )
+    for start, end, count in spans:
+        window = gap.between(start, end) if gap is not None else Series(np.zeros(0, np.int64), np.zeros(0))
+        fit = fit_linear_rate(window.values, window.steps)
+        out["spans"].append(
+            {
+                "start_step": start,
+                "end_step": end,
+                "num_regime_samples": count,
+                "fit": fit_to_dict(fit),
+                "contraction_pred_mean": _mean_between(run.get("rate/contraction_pred"), start, end),
+                "contraction_logged_mean": _mean_between(run.get("rate/contraction"), start, end),
+            }
+        )
+    return out
+
+
+def _overall(run: Run) -> dict[str, Any]:
+    gap = run.get("pl/gap")
+    if gap is None:
+        return {"regime": None, "fit": None}
+    return {
+        "regime": classify_regime(gap.values, gap.steps).value,
+        "fit": fit_to_dict(fit_linear_rate(gap.values, gap.steps)),
+    }
+
+
+def _stat(stats: dict[str, dict[str, Any]], key: str, field: str) -> Any:
+    entry = stats.get(key)
+    return None if entry is None else entry[field]
+
+
+def _region(run: Run, stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    inside = run.get("region/inside")
+    out: dict[str, Any] = {
+        "num_samples": 0,
+        "num_inside": 0,
+        "inside_fraction": None,
+        "first_outside_step": None,
+        "mu_cert_min": _stat(stats, "region/mu_cert", "min"),
+        "mu_cert_min_step": _stat(stats, "region/mu_cert", "min_step"),
+        "mu_cert_final": _stat(stats, "region/mu_cert", "final"),
+    }
+    if inside is None:
+        return out
+    samples = inside.finite()
+    is_inside = samples.values > 0.5
+    outside_steps = samples.steps[~is_inside]
+    out.update(
+        num_samples=len(samples),
+        num_inside=int(is_inside.sum()),
+        inside_fraction=float(is_inside.mean()) if len(samples) else None,
+        first_outside_step=int(outside_steps[0]) if outside_steps.size else None,
+    )
+    return out
+
+
+def missing_notes(run_doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(section, sentence)`` for each thing a run summary lacks; sections ``rate pl ntk param region``.
+
+    The same sentences fill the ``notes`` of the JSON document and the text report.
+
+    Example:
+        >>> doc = summarize_run(Run("r", (), ("csv",), {"pl/gap": Series.from_pairs([(0, 1.0)])}))
+        >>> [section for section, _ in missing_notes(doc)]
+        ['rate', 'pl', 'ntk', 'ntk', 'param', 'region']
+    """
+    keys = set(run_doc["keys"])
+    series = run_doc["series"]
+    notes: list[tuple[str, str]] = []
+
+    def never_finite(key: str) -> bool:
+        return key in series and series[key]["num_finite"] == 0
+
+    if "pl/gap" not in keys:
+        notes.append(("rate", "pl/gap was not logged, so no convergence rate can be fitted."))
+    elif never_finite("pl/gap"):
+        notes.append(("rate", "pl/gap was logged but never finite, so no convergence rate can be fitted."))
+    if "rate/regime" not in keys:
+        notes.append(("rate", "rate/regime was not logged, so the linear spans are unknown."))
+    elif run_doc["linear_spans"]["num_regime_samples"] == 0:
+        notes.append(("rate", "rate/regime was logged but never finite, so the linear spans are unknown."))
+    if "pl/envelope_min" not in keys and "pl/envelope_q05" not in keys and "pl/mu_ntk" not in keys:
+        notes.append(("pl", "No PL lower envelope was logged (pl/envelope_min, pl/envelope_q05, pl/mu_ntk)."))
+    if "ntk/lambda_min" not in keys:
+        notes.append(("ntk", "The NTK spectrum was not logged (ntk/lambda_min)."))
+    elif never_finite("ntk/lambda_min"):
+        notes.append(("ntk", "ntk/lambda_min was logged but never finite."))
+    if "ntk/drift_op" not in keys:
+        notes.append(("ntk", "The NTK drift was not logged (ntk/drift_op)."))
+    if "param/drift" not in keys:
+        notes.append(("param", "The parameter drift was not logged (param/drift)."))
+    if "region/inside" not in keys and "region/mu_cert" not in keys:
+        notes.append(("region", "The region certificate was not logged (region/inside, region/mu_cert)."))
+    elif "region/inside" not in keys:
+        notes.append(("region", "region/inside was not logged; only the certificate mu_cert is summarised."))
+    return notes
+
+
+def summarize_run(run: Run) -> dict[str, Any]:
+    """The JSON object of one run (schema ``Run`` in :mod:`lightning_lplr.report.schema`).
+
+    Args:
+        run: the logged series of one run.
+
+    Returns:
+        A dict of plain Python values (JSON-ready; non-finite numbers as ``None``).
+    """
+    stats = {key: series_stats(series) for key, series in run.series.items()}
+    steps = [int(s.steps[i]) for s in run.series.values() if len(s) for i in (0, -1)]
+    doc: dict[str, Any] = {
+        "name": run.name,
+        "sources": list(run.sources),
+        "formats": list(run.formats),
+        "keys": sorted(run.series),
+        "missing_keys": sorted(set(ALL_KEYS) - set(run.series)),
+        "other_keys": list(run.other_keys),
+        "first_step": min(steps) if steps else None,
+        "last_step": max(steps) if steps else None,
+        "series": stats,
+        "linear_spans": _linear_spans(run),
+        "overall": _overall(run),
+        "pl": {
+            "envelope_min_final": _stat(stats, "pl/envelope_min", "final"),
+            "envelope_q05_final": _stat(stats, "pl/envelope_q05", "final"),
+            "mu_ntk_min": _stat(stats, "pl/mu_ntk", "min"),
+            "mu_ntk_max": _stat(stats, "pl/mu_ntk", "max"),
+            "ratio_step_min": _stat(stats, "pl/ratio_step", "min"),
+            "ratio_probe_min": _stat(stats, "pl/ratio_probe", "min"),
+        },
+        "ntk": {
+            "lambda_min_initial": _stat(stats, "ntk/lambda_min", "initial"),
+            "lambda_min_final": _stat(stats, "ntk/lambda_min", "final"),
+            "lambda_min_min": _stat(stats, "ntk/lambda_min", "min"),
+            "lambda_min_max": _stat(stats, "ntk/lambda_min", "max"),
+            "lambda_max_min": _stat(stats, "ntk/lambda_max", "min"),
+            "lambda_max_max": _stat(stats, "ntk/lambda_max", "max"),
+            "drift_op_final": _stat(stats, "ntk/drift_op", "final"),
+            "drift_op_max": _stat(stats, "ntk/drift_op", "max"),
+        },
+        "param": {
+            "drift_final": _stat(stats, "param/drift", "final"),
+            "drift_max": _stat(stats, "param/drift", "max"),
+        },
+        "region": _region(run, stats),
+        "skipped": {
+            key: entry["final"]
+            for key, entry in stats.items()
+            if key.startswith("skipped/") and entry["final"] not in (None, 0.0)
+        },
+        "notes": [],
+    }
+    doc["notes"] = [sentence for _, sentence in missing_notes(doc)]
+    return doc
+
+
+def build_report(runs: Sequence[Run], prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
+    """The whole ``--json`` document for ``runs`` (validated by :func:`.schema.validate_report`).
+
+    Example:
+        >>> gap = Series.from_pairs((t, 2 * 0.9**t) for t in range(10))
+        >>> doc = build_report([Run("demo", (), ("csv",), {"pl/gap": gap})])
+        >>> doc["schema_version"], doc["runs"][0]["overall"]["regime"]
+        ('1.0', 'linear')
+        >>> round(doc["runs"][0]["overall"]["fit"]["contraction"], 12)
+        0.9
+    """
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "lightning-lplr",
+        "tool_version": tool_version(),
+        "prefix": prefix,
+        "runs": [summarize_run(run) for run in runs],
+    }
