@@ -29,7 +29,13 @@ def test_mlp_demo_defaults_sit_in_the_linear_regime(tmp_path):
 
 def test_mlp_fast_report_mentions_every_section(tmp_path):
     result = mlp.main(["--fast", "--no-progress-bar", "--log-dir", str(tmp_path)])
-    for phrase in ("Linear convergence", "PL lower envelope", "NTK:", "Parameter drift", "Region certificate"):
+    for phrase in (
+        "Linear convergence",
+        "PL lower envelope",
+        "NTK:",
+        "Parameter drift",
+        "Region certificate",
+    ):
         assert phrase in result.report_text
     (run,) = result.report["runs"]
     assert run["ntk"]["lambda_min_min"] > 0
