@@ -27,7 +27,8 @@ LAYOUT_CHARTS: dict[str, tuple[str, ...]] = {
     "Linear rate: measured vs predicted contraction": ("rate/contraction", "rate/contraction_pred"),
     "Fit quality (R²) and regime": ("rate/r2", "rate/regime"),
     "Parameter drift ‖θ_t−θ_0‖": ("param/drift",),
-    "Region certificate μ_cert = λ_min(Θ_0) − L̂·r_t": ("region/mu_cert", "region/inside"),
+    "Region certificate μ_cert = λ_min(Θ_0) − L̂·r_t": ("region/mu_cert",),
+    "Inside the certified region (1 yes, 0 no)": ("region/inside",),
     "Stability η·β (diverges above 2)": ("ntk/eta_beta",),
 }
 """Charts of the layout, each a group of contract keys (without prefix) drawn together."""
