@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from examples import cifar_resnet, mlp
@@ -11,6 +12,14 @@ def test_mlp_demo_defaults_sit_in_the_linear_regime(tmp_path):
     """The README demo at its default settings: a clean linear rate and a positive PL envelope."""
     summary = tmp_path / "summary.txt"
     result = mlp.main(["--no-progress-bar", "--log-dir", str(tmp_path), "--summary-file", str(summary)])
+    # The documented claim of examples/mlp.py, on the raw losses: log-loss is linear in the step.
+    log_loss = np.log(np.asarray(result.losses))
+    assert len(log_loss) == mlp.STEPS
+    steps, window = np.arange(len(log_loss))[20:], log_loss[20:]
+    slope, intercept = np.polyfit(steps, window, 1)
+    assert 1.0 - np.var(window - (slope * steps + intercept)) / np.var(window) > 0.99
+    assert slope < -0.03 and result.losses[-1] < 1e-6 * result.losses[0]
+    # ... and what the LPLR report read back from the event files says about it.
     (run,) = result.report["runs"]
     spans = run["linear_spans"]["spans"]
     assert spans, result.report_text
