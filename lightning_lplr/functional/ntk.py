@@ -42,6 +42,7 @@ __all__ = [
     "ModelFn",
     "NTKImplementation",
     "NTKKind",
+    "clear_auto_cache",
     "empirical_ntk",
     "resolve_implementation",
     "trainable_params",
@@ -117,9 +118,7 @@ def _enum_value(enum_cls: type[Enum], value: Any, argument: str) -> Any:
         return enum_cls(value)
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in enum_cls)  # type: ignore[attr-defined]
-        raise ValueError(
-            f"{argument}={value!r} is not a known {argument}; pass one of {allowed}."
-        ) from None
+        raise ValueError(f"{argument}={value!r} is not a known {argument}; pass one of {allowed}.") from None
 
 
 def trainable_params(model: nn.Module) -> dict[str, Tensor]:
@@ -189,7 +188,8 @@ class _Problem:
         elif callable(model):
             if params is None:
                 raise ValueError(
-                    "params=None but model is a plain callable f(params, x); pass params=dict(name -> tensor)."
+                    "params=None but model is a plain callable f(params, x); "
+                    "pass params=dict(name -> tensor)."
                 )
             call = model  # type: ignore[assignment]
             self.module = None
@@ -201,7 +201,9 @@ class _Problem:
             raise TypeError(f"params must be a dict name -> tensor; got {type(params).__name__}.")
         for name, value in params.items():
             if not isinstance(value, Tensor):
-                raise TypeError(f"params[{name!r}] is a {type(value).__name__}; every value must be a tensor.")
+                raise TypeError(
+                    f"params[{name!r}] is a {type(value).__name__}; every value must be a tensor."
+                )
         self.params: dict[str, Tensor] = {k: v.detach() for k, v in params.items()}
         if not self.params:
             raise ValueError(
@@ -230,7 +232,8 @@ class _Problem:
             mixing = _sample_mixing_modules(self.module)
             if mixing:
                 raise ValueError(
-                    f"model has modules that mix or randomise samples: {', '.join(mixing)}. The empirical NTK "
+                    f"model has modules that mix or randomise samples: {', '.join(mixing)}. "
+                    "The empirical NTK "
                     "is a per-sample quantity, and a forward in this mode would also update running "
                     "statistics. Call model.eval() first (and model.train() afterwards)."
                 )
@@ -326,7 +329,7 @@ class _JacobianContraction:
         jac = (b1 + 2 * b2) * o * p  # one chunk held while the other is built (dict + concatenation)
         if self.kind is NTKKind.DIAGONAL:
             jac += (b1 + b2) * o * p  # einsum's permuted copies
-        work = max(b1, b2) * a * (2 + 2 * o)
+        work = max(b1, b2) * a * (1 + o)  # activations and the O-fold vmapped backward
         return (jac + work + 2 * b1 * b2 * _pairs(self.kind, o)) * self.problem.itemsize
 
     def features(self, x: Tensor) -> Tensor:
@@ -428,11 +431,10 @@ def _available_memory(device: torch.device) -> int | None:
     """Free memory on ``device`` in bytes (CUDA: ``mem_get_info``; CPU: ``MemAvailable``)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     with contextlib.suppress(ValueError, OSError, AttributeError):
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     return None
@@ -448,7 +450,7 @@ def _plan_chunks(
     budget: int | None,
     what: str,
 ) -> int | None:
-    """The chunk size to use: ``chunk_size`` if given, else derived from ``budget`` (``None``: no chunking)."""
+    """The chunk size: ``chunk_size`` if given, else derived from ``budget`` (``None``: no chunking)."""
     if chunk_size is not None or budget is None:
         return chunk_size
     available = budget - _output_bytes(problem, kind, m1, m2)
@@ -456,7 +458,8 @@ def _plan_chunks(
     if chunk is None:
         need = backend.memory_bytes(1, 1) + _output_bytes(problem, kind, m1, m2)
         raise ValueError(
-            f"max_memory_bytes={budget} is too small for {what}: one sample per chunk needs about {need} bytes "
+            f"max_memory_bytes={budget} is too small for {what}: "
+            f"one sample per chunk needs about {need} bytes "
             f"(the {kind.value} kernel alone takes {_output_bytes(problem, kind, m1, m2)}). Raise "
             "max_memory_bytes, use a smaller probe, kind='trace' or 'pseudo', or another implementation."
         )
@@ -483,8 +486,9 @@ def resolve_implementation(
     chunk_size: int | None = None,
     max_memory_bytes: int | None = None,
 ) -> NTKImplementation:
-    """The implementation ``implementation="auto"`` picks for these arguments (same meaning as in
-    :func:`empirical_ntk`).
+    """The implementation that ``implementation="auto"`` picks for these arguments.
+
+    The arguments mean what they mean in :func:`empirical_ntk`.
 
     The rule is a measurement, not a guess: every implementation whose memory estimate fits
     the budget (``max_memory_bytes``, else the free memory of the device) is timed on the first
@@ -502,7 +506,8 @@ def resolve_implementation(
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
-        >>> resolve_implementation(net, torch.randn(5, 3)) in set(NTKImplementation) - {NTKImplementation.AUTO}
+        >>> chosen = resolve_implementation(net, torch.randn(5, 3))
+        >>> chosen in set(NTKImplementation) - {NTKImplementation.AUTO}
         True
     """
     kind = _enum_value(NTKKind, kind, "kind")
@@ -587,6 +592,7 @@ def _timed_trial(
         return candidates[0][0], None
     sizes = sorted({min(m1, s) for s in _TRIAL_SIZES})
     times: dict[NTKImplementation, list[float]] = {}
+    warm: dict[NTKImplementation, float] = {}
     results: dict[NTKImplementation, Tensor] = {}
     alive = list(candidates)
     last_error: BaseException | None = None
@@ -604,13 +610,18 @@ def _timed_trial(
                 continue
             if step > 0:  # step 0 is the warm-up (plans, lazy initialisation)
                 times.setdefault(impl, []).append(elapsed)
+            else:
+                warm[impl] = elapsed
             if size == m1 and x2 is None:
                 results[impl] = k
             survivors.append((impl, backend, chunk))
         if not survivors:
             assert last_error is not None
             raise last_error
-        if step > 0 and step < len(sizes):
+        if step == 0:  # the warm-up includes one-time costs: only drop the hopeless
+            best = min(warm[s[0]] for s in survivors)
+            survivors = [s for s in survivors if warm[s[0]] <= 3 * _TRIAL_KEEP * best]
+        elif step < len(sizes):
             best = min(times[impl][-1] for impl, _, _ in survivors)
             survivors = [s for s in survivors if times[s[0]][-1] <= _TRIAL_KEEP * best]
         alive = survivors
@@ -629,7 +640,11 @@ def _timed_trial(
 
 
 def clear_auto_cache() -> None:
-    """Forget the choices of ``implementation="auto"`` and the structured plans (re-measured next call)."""
+    """Forget the choices of ``implementation="auto"`` and the structured plans (re-measured next call).
+
+    Example:
+        >>> clear_auto_cache()
+    """
     _AUTO_CACHE.clear()
     _structured.clear_plan_cache()
 
@@ -754,7 +769,7 @@ def empirical_ntk(
         TypeError: a model output that is not a tensor, or inputs that are not tensors.
 
     Example:
-        >>> torch.manual_seed(0)
+        >>> _ = torch.manual_seed(0)
         >>> lin = nn.Linear(3, 2).double()
         >>> x = torch.randn(4, 3, dtype=torch.float64)
         >>> k = empirical_ntk(lin, x)
@@ -784,6 +799,13 @@ def empirical_ntk(
             return kernel.reshape(m1 * problem.num_outputs, -1) if kind is NTKKind.FULL else kernel
     backend = _BACKENDS[implementation](problem, kind)
     chunk = _plan_chunks(
-        backend, problem, kind, m1, m2, chunk_size, max_memory_bytes, f"implementation={implementation.value!r}"
+        backend,
+        problem,
+        kind,
+        m1,
+        m2,
+        chunk_size,
+        max_memory_bytes,
+        f"implementation={implementation.value!r}",
     )
     return _run(backend, problem, kind, x1, x2, chunk)
