@@ -501,3 +501,20 @@ def test_tensorboard_text_summary_matches_monitor(tmp_path: Path):
     _fit(SmallNet(), loader(x, y), [monitor], max_steps=6, logger=TensorBoardLogger(str(tmp_path)))
     text = monitor.summary_markdown()
     assert "| regime (last window) |" in text and "fraction of NTK samples inside region" in text
+
+
+def test_memory_budget_reaches_the_ntk_and_leaves_values_unchanged():
+    x, y = regression_data(n=16)
+    runs = []
+    for budget in (None, 60_000):  # 60 kB: the probe is cut into chunks of 3 samples
+        torch.manual_seed(0)
+        monitor = NTKMonitor(
+            ntk_every=2, probe_size=12, max_memory_bytes=budget, implementation="jacobian_contraction"
+        )
+        _fit(SmallNet(width=64), loader(x, y), [monitor], max_steps=4)
+        runs.append(monitor.history)
+    for key in ("ntk/lambda_min", "ntk/lambda_max", "ntk/drift_op"):
+        for (s1, a), (s2, b) in zip(runs[0][key], runs[1][key], strict=True):
+            assert s1 == s2 and b == pytest.approx(a, rel=1e-5, abs=1e-9), key
+    with pytest.raises(ValueError, match="max_memory_bytes=-1"):
+        NTKMonitor(max_memory_bytes=-1)

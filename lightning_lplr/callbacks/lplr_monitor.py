@@ -126,6 +126,8 @@ class LPLRMonitor(Callback):
         kind: NTK kind, ``"full"``, ``"trace"`` or ``"pseudo"``.
         implementation: NTK implementation (see ``NTKImplementation``).
         chunk_size: probe samples per NTK chunk (bounds memory).
+        max_memory_bytes: memory budget of one NTK sample, from which chunk sizes are
+            derived when ``chunk_size`` is ``None``.
         loss_star: ``L*``: ``"zero"``, a float, ``"running_min"`` or ``"fit"``.
         loss_star_margin: safety margin of ``"running_min"``.
         envelope_window: steps in the lower envelope's window (``None``: whole run).
@@ -161,6 +163,7 @@ class LPLRMonitor(Callback):
         kind: str | None = None,
         implementation: str = "auto",
         chunk_size: int | None = None,
+        max_memory_bytes: int | None = None,
         loss_star: str | float = "zero",
         loss_star_margin: float = 1e-3,
         envelope_window: int | None = None,
@@ -220,6 +223,9 @@ class LPLRMonitor(Callback):
         self.output_fn = output_fn
         self.loss_fn = loss_fn
         self.chunk_size = chunk_size
+        if max_memory_bytes is not None and (not isinstance(max_memory_bytes, int) or max_memory_bytes < 1):
+            raise ValueError(f"max_memory_bytes={max_memory_bytes!r} must be a positive int (bytes) or None.")
+        self.max_memory_bytes = max_memory_bytes
         self.loss_star = loss_star
         self.loss_star_margin = loss_star_margin
         self.envelope_quantile = envelope_quantile
@@ -449,8 +455,13 @@ class LPLRMonitor(Callback):
         block: Tensor | None = None
         rows = self._probe.shard(trainer.global_rank, world) if world > 1 else slice(None)
         try:
-            kwargs = {"params": params, "kind": self.kind, "implementation": self.implementation}
-            kwargs["chunk_size"] = self.chunk_size
+            kwargs = {
+                "params": params,
+                "kind": self.kind,
+                "implementation": self.implementation,
+                "chunk_size": self.chunk_size,
+                "max_memory_bytes": self.max_memory_bytes,
+            }
             block = empirical_ntk(fn, x, **kwargs) if world == 1 else empirical_ntk(fn, x[rows], x, **kwargs)
         except Exception as err:  # the user's run must go on, whatever the NTK hit (OOM included)
             error = err
