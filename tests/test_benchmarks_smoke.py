@@ -1,0 +1,149 @@
+"""Smoke tests of the benchmark scripts: each runs with ``--quick`` as a subprocess and its JSON is checked.
+
+The figures of a ``--quick`` run mean nothing (tiny sizes); these tests only check that the
+scripts run end to end and that the JSON has the documented shape with finite, positive ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 180  # a guard against hangs; a --quick run takes 10-30 s on two cores
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert proc.returncode == 0, f"{script} {args} failed:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _check_summary(summary: dict[str, Any]) -> None:
+    assert set(summary) >= {"median", "min", "max", "n", "values"}
+    assert summary["n"] == len(summary["values"]) >= 1
+    assert summary["min"] <= summary["median"] <= summary["max"]
+
+
+def _check_environment(result: dict[str, Any]) -> None:
+    assert result["schema_version"] == 1
+    assert result["quick"] is True
+    assert {"torch", "cpu_count", "load_average_at_start"} <= set(result["environment"])
+    assert _positive(result["wall_seconds"])
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_benchmark_quick(tmp_path: Path) -> None:
+    out = tmp_path / "ddp.json"
+    proc = _run("ddp.py", "--quick", "--out", str(out))
+    result = json.loads(proc.stdout)
+    assert json.loads(out.read_text(encoding="utf-8")) == result
+    assert result["benchmark"] == "ddp"
+    _check_environment(result)
+
+    ntk = result["ntk"]
+    assert ntk["kind"] == "full"
+    m_o = ntk["probe_size"] * int(ntk["model"].split()[1].split("-")[-1])
+    assert ntk["kernel_shape"] == [m_o, m_o]
+    assert set(ntk["configs"]) == {"ws1_t1", "ws2_t1", "ws1_t2", "ws1_t1_shard"}
+    for name, config in ntk["configs"].items():
+        assert config["world_size"] == (2 if name.startswith("ws2") else 1)
+        assert set(config["per_rank"]) == ({"0", "1"} if config["world_size"] == 2 else {"0"})
+        _check_summary(config["wall_s"])
+        assert _positive(config["wall_s"]["median"])
+        for phases in config["per_rank"].values():
+            assert set(phases) == {"compute_s", "compute_cpu_s", "sync_s", "gather_s", "total_s"}
+            for summary in phases.values():
+                _check_summary(summary)
+    two = ntk["configs"]["ws2_t1"]["per_rank"]["0"]
+    assert _positive(two["gather_s"]["median"])
+    speedup = ntk["speedup"]
+    for key in (
+        "ws2_vs_ws1_t1",
+        "ws2_vs_ws1_t1_paired",
+        "ws2_vs_ws1_t2",
+        "compute_only_ws2_vs_ws1_t1",
+        "whole_sample_ws2_vs_ws1_t1",
+    ):
+        assert _positive(speedup[key]), key
+    assert speedup["target"] == 1.6
+    assert isinstance(speedup["meets_target"], bool)
+    assert set(ntk["kernel_metrics"]["by_config"]) == {"ws1_t1", "ws2_t1"}
+    assert all(_positive(v) for k, v in ntk["ntk_sample_wall_s"].items() if k != "what")
+    for per_rank in ntk["gather_alternatives_s"].values():
+        assert all(_positive(v) for v in per_rank.values())
+
+    fit = result["fit"]
+    assert fit["world_size"] == 2
+    assert set(fit["variants"]) == {"none", "lplr_default", "lplr_every"}
+    for variant in fit["variants"].values():
+        _check_summary(variant["train_s"])
+        _check_summary(variant["train_cpu_s"])
+        assert variant["steps"] == fit["steps"]
+    assert fit["variants"]["lplr_default"]["ntk_samples"] >= 1
+    for ratios in fit["ratios"].values():
+        assert set(ratios) == {"wall", "wall_paired", "hooks", "cpu", "hooks_cpu"}
+        assert all(_positive(v) for v in ratios.values())
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_quick(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    proc = _run("overhead.py", "--quick", "--out", str(out))
+    result = json.loads(proc.stdout)
+    assert json.loads(out.read_text(encoding="utf-8")) == result
+    assert result["benchmark"] == "overhead"
+    _check_environment(result)
+
+    variants = {"none", "pl", "rate", "ntk", "lplr_cheap", "lplr_default", "lplr_full"}
+    assert set(result["examples"]) == {"mlp", "cifar_resnet"}
+    for example in result["examples"].values():
+        assert set(example["variants"]) == variants
+        assert _positive(example["base_step_s"]) and _positive(example["base_step_cpu_s"])
+        for name, variant in example["variants"].items():
+            _check_summary(variant["train_s"])
+            _check_summary(variant["train_cpu_s"])
+            if name.startswith(("ntk", "lplr")):
+                assert variant["ntk_samples"] >= 1
+                assert _positive(variant["first_sample_cold_s"])
+                assert variant["ntk_cpu_seconds_per_sample"]["n"] >= 1
+        assert set(example["ratios"]) == variants - {"none"}
+        for ratios in example["ratios"].values():
+            for key in ("wall", "wall_paired", "hooks", "cpu", "cpu_paired", "hooks_cpu"):
+                assert _positive(ratios[key]), key
+            if ratios["target"] is not None:
+                assert isinstance(ratios["meets_target_wall"], bool)
+                assert isinstance(ratios["meets_target_cpu"], bool)
+        assert set(example["projection"]) == {"cheap", "default", "full"}
+        for preset in example["projection"].values():
+            for interval in ("default", "50", "200"):
+                for cell in preset[interval].values():
+                    assert cell["samples"] >= 1
+                    assert _positive(cell["overhead"]) and cell["overhead"] >= 1.0
+    assert result["examples"]["cifar_resnet"]["ratios"]["lplr_default"]["target"] == 1.05
+    assert result["examples"]["mlp"]["ratios"]["lplr_default"]["target"] is None
+    assert result["examples"]["mlp"]["ratios"]["pl"]["target"] == 1.02
+
+    table = _run("overhead.py", "--table", "--from", str(out)).stdout
+    assert table == result["table_markdown"] + "\n"
+    assert "| preset | ntk_every |" in table
+    for preset in ("cheap", "default", "full"):
+        assert f"| {preset} | default (log-spaced) |" in table
+        assert f"| {preset} | 50 |" in table and f"| {preset} | 200 |" in table
