@@ -516,7 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cifar-batch", type=int, default=0, help="CIFAR batch size (default 128)")
     p.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default MLP 3, CIFAR 1)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default MLP 1, CIFAR 2)")
-    p.add_argument("--implementation", default="auto", help="NTK implementation of the monitors")
+    p.add_argument(
+        "--implementation", default="structured", help="NTK implementation of the monitors (their default)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     return p
 

@@ -68,6 +68,9 @@ class log_spaced:  # noqa: N801
         max_interval: cap on the gap between samples (``None``: no cap).
 
     Example:
+        >>> s = log_spaced(per_decade=3, dense_until=0)
+        >>> [t for t in range(0, 1001) if s(t)]
+        [0, 1, 3, 5, 10, 22, 47, 100, 216, 465, 1000]
         >>> s = log_spaced(per_decade=2, max_interval=500)
         >>> [t for t in range(0, 2001) if s(t)]
         [0, 1, 2, 3, 4, 10, 32, 100, 317, 500, 1000, 1500, 2000]
@@ -91,6 +94,8 @@ class log_spaced:  # noqa: N801
             return True
         if self.max_interval is not None and step % self.max_interval == 0:
             return True
+        if step == 1:
+            return True  # the first slice of the first decade
         k = self.per_decade
         return math.floor(k * math.log10(step)) > math.floor(k * math.log10(step - 1))
 

@@ -275,7 +275,18 @@ def kernel_distance(kernel: KernelLike, reference: KernelLike, *, norm: str = "o
     diff = k - k0
     if norm == "fro":
         return _ratio(float(torch.linalg.vector_norm(diff)), float(torch.linalg.vector_norm(k0)))
-    return _ratio(float(torch.linalg.matrix_norm(diff, ord=2)), float(torch.linalg.matrix_norm(k0, ord=2)))
+    return _ratio(_operator_norm(diff), _operator_norm(k0))
+
+
+def _operator_norm(matrix: Tensor) -> float:
+    """Spectral norm; for a symmetric matrix (every kernel) ``max |λ|`` from ``eigvalsh``.
+
+    ``eigvalsh`` is several times cheaper than the SVD behind ``matrix_norm(ord=2)``
+    (a 2560² kernel: about 1 s against 6 s on two CPU cores).
+    """
+    if matrix.shape[0] == matrix.shape[1] and torch.allclose(matrix, matrix.T, rtol=1e-10, atol=0.0):
+        return float(torch.linalg.eigvalsh(matrix).abs().max()) if matrix.numel() else 0.0
+    return float(torch.linalg.matrix_norm(matrix, ord=2))
 
 
 def kernel_alignment(k1: KernelLike, k2: KernelLike) -> float:

@@ -2,9 +2,11 @@
 
 ``pl_module.log(..., on_step=True)`` writes at ``log_every_n_steps`` and repeats
 stale values; the monitors instead call ``logger.log_metrics(metrics, step=t)`` on
-each logger in ``trainer.loggers`` (rank zero only) and put the same values into
-``trainer.callback_metrics`` (via ``pl_module.log(..., logger=False)``) so that
-``EarlyStopping`` and ``ModelCheckpoint`` can monitor them.
+each logger in ``trainer.loggers`` (rank zero only) and put the same values into the
+``trainer.callback_metrics`` dict (on every rank) so that ``EarlyStopping`` and
+``ModelCheckpoint`` can monitor them. Writing the dict directly, rather than through
+``LightningModule.log(..., logger=False)``, matters for speed: ``log`` costs about
+0.5 ms per key and call, more than a small model's whole training step.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 from collections.abc import Mapping
 
 import lightning.pytorch as pl
+import torch
 
 __all__ = ["log_sample"]
 
@@ -33,8 +36,7 @@ def log_sample(
         metrics: full key → float; non-finite values are written as they are (loggers
             accept NaN), so a reader sees that a quantity was undefined at that step.
         step: the optimizer step the values describe.
-        to_callback_metrics: also expose the values in ``trainer.callback_metrics``;
-            only possible from hooks where ``LightningModule.log`` is allowed.
+        to_callback_metrics: also expose the (finite) values in ``trainer.callback_metrics``.
     """
     if not metrics:
         return
@@ -43,6 +45,7 @@ def log_sample(
         for logger in trainer.loggers:
             logger.log_metrics(values, step=step)
     if to_callback_metrics:
+        callback_metrics = trainer.callback_metrics
         for key, value in values.items():
             if math.isfinite(value):
-                pl_module.log(key, value, logger=False, on_step=True, on_epoch=False, sync_dist=False)
+                callback_metrics[key] = torch.tensor(value)
