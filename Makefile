@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) examples/mlp.py --summary-file runs/mlp/summary.txt
+	$(PY) examples/mlp.py --no-progress-bar --summary-file runs/mlp/summary.txt
 
 test: venv
 	$(PY) -m pytest -q
