@@ -120,6 +120,10 @@ def run(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(model, datamodule=Data(devices), ckpt_path=resume_from)
+    if strategy == "ddp" and torch.distributed.is_initialized():
+        # Lightning leaves the process group up; tearing gloo down at interpreter exit instead
+        # can abort the process ("terminate called without an active exception").
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
