@@ -51,6 +51,7 @@ __all__ = ["PRESETS", "LPLRMonitor", "LPLRWarning", "Preset"]
 _MONITOR_KINDS = ("full", "trace", "pseudo")
 _STRATEGIES_REFUSED = ("FSDP", "DeepSpeed", "ModelParallel", "XLA")
 _PARTS = frozenset({"ntk", "pl", "rate"})
+_HISTORY_LENGTH = 100_000
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,7 @@ class LPLRMonitor(Callback):
         self._warned: set[str] = set()
         self._last_ntk_step = -1
         self._last: dict[str, float] = {}
-        self._history: dict[str, list[tuple[int, float]]] = {}
+        self._history: dict[str, deque[tuple[int, float]]] = {}
         self._beta = math.nan
         self._mu_ntk = math.nan
         # Per-step scratch, never persisted (a checkpoint is written between steps).
@@ -700,12 +701,16 @@ class LPLRMonitor(Callback):
     def _record(self, metrics: Mapping[str, float], step: int) -> None:
         for key, value in metrics.items():
             self._last[key] = value
-            self._history.setdefault(key, []).append((step, value))
+            self._history.setdefault(key, deque(maxlen=_HISTORY_LENGTH)).append((step, value))
 
     @property
     def history(self) -> dict[str, list[tuple[int, float]]]:
-        """Everything this process logged: key (without prefix) → ``[(step, value), …]``."""
-        return self._history
+        """What this process logged, key (without prefix) → ``[(step, value), …]``.
+
+        The last 100 000 samples of each key are kept in memory (the loggers have them all),
+        so a long run does not grow without bound.
+        """
+        return {key: list(values) for key, values in self._history.items()}
 
     @property
     def skipped(self) -> dict[str, int]:
@@ -715,10 +720,10 @@ class LPLRMonitor(Callback):
     def summary(self) -> dict[str, float]:
         """The latest value of every quantity (key without prefix → value), plus run aggregates."""
         out = dict(self._last)
-        inside = [v for _, v in self._history.get("region/inside", [])]
+        inside = [v for _, v in self._history.get("region/inside", ())]
         if inside:
             out["region/inside_fraction"] = sum(inside) / len(inside)
-        lam = [v for _, v in self._history.get("ntk/lambda_min", [])]
+        lam = [v for _, v in self._history.get("ntk/lambda_min", ())]
         if lam:
             out["ntk/lambda_min_lowest"] = min(lam)
         for cause, count in self._skips.items():
