@@ -378,9 +378,11 @@ class LPLRMonitor(Callback):
     ) -> None:
         if not ({"pl", "rate"} & self._parts) or not self.step_every(trainer.global_step):
             return
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        grads = [p.grad.detach() for p in pl_module.parameters() if p.grad is not None]
         if grads:
-            norms = torch.stack([torch.linalg.vector_norm(g.detach(), dtype=torch.float64) for g in grads])
+            # Per-tensor norms in the gradients' own dtype (no float64 copy of every gradient,
+            # which cost more than a small model's step), summed in float64.
+            norms = torch.stack([torch.linalg.vector_norm(g, dtype=_norm_dtype(g)) for g in grads]).double()
             self._grad_norm_sq = (norms**2).sum()
         group = optimizer.param_groups[0]
         self._lr = float(group.get("lr", math.nan))
@@ -776,6 +778,11 @@ def _param_distance(params: Mapping[str, Tensor], reference: Mapping[str, Tensor
             continue
         total = total + ((value.double() - ref.double()) ** 2).sum().cpu()
     return float(total.sqrt())
+
+
+def _norm_dtype(tensor: Tensor) -> torch.dtype:
+    """float32 for half-precision gradients (their squares overflow), else their own dtype."""
+    return torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else tensor.dtype
 
 
 def _loss_of(outputs: Any) -> Tensor | None:
