@@ -21,16 +21,9 @@ Run:
 """
 
 import sys
-from pathlib import Path
 
 if __name__ == "__main__" and not __package__:
-    # `python examples/mlp.py`: make the `examples` package importable, and take examples/ itself off
-    # sys.path so that its datasets.py/models.py cannot shadow top-level packages of the same name.
-    _here, _root = Path(__file__).resolve().parent, str(Path(__file__).resolve().parents[1])
-    if sys.path and Path(sys.path[0] or ".").resolve() == _here:
-        sys.path[0] = _root
-    elif _root not in sys.path:
-        sys.path.insert(0, _root)
+    import _bootstrap  # noqa: F401  (examples/_bootstrap.py: the repository root on sys.path)
 
 import argparse
 import math

@@ -52,12 +52,7 @@ import sys
 from pathlib import Path
 
 if __name__ == "__main__" and not __package__:
-    # `python examples/width_ablation.py`: make the `examples` package importable (see examples/mlp.py).
-    _here, _root = Path(__file__).resolve().parent, str(Path(__file__).resolve().parents[1])
-    if sys.path and Path(sys.path[0] or ".").resolve() == _here:
-        sys.path[0] = _root
-    elif _root not in sys.path:
-        sys.path.insert(0, _root)
+    import _bootstrap  # noqa: F401  (examples/_bootstrap.py: the repository root on sys.path)
 
 import argparse
 import contextlib
