@@ -437,6 +437,10 @@ def _worker(rank: int, cfg: dict[str, Any], port: int, fit_port: int, outdir: st
         started = time.perf_counter()
         out["fit"] = _part_fit(rank, cfg, os.path.join(outdir, "logs"))
         out["fit_part_s"] = time.perf_counter() - started
+        if dist.is_initialized():
+            # Tear Lightning's gloo group down now: left to interpreter exit, it can abort the
+            # worker ("terminate called without an active exception").
+            dist.destroy_process_group()
     Path(outdir, f"rank{rank}.json").write_text(json.dumps(out), encoding="utf-8")
 
 
