@@ -442,6 +442,10 @@ def _worker(rank: int, cfg: dict[str, Any], port: int, fit_port: int, outdir: st
             # worker ("terminate called without an active exception").
             dist.destroy_process_group()
     Path(outdir, f"rank{rank}.json").write_text(json.dumps(out), encoding="utf-8")
+    # Everything is written: skip interpreter finalization, where gloo's teardown can abort.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _phase_summary(records: list[dict[str, float]]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ Usage: python tests/ddp_run.py OUT_DIR STRATEGY DEVICES [MAX_STEPS [CKPT_EVERY [
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from datetime import timedelta
@@ -137,3 +138,8 @@ if __name__ == "__main__":
         args[5] if len(args) > 5 and args[5] != "-" else None,
         int(args[6]) if len(args) > 6 else -1,
     )
+    # The fit and its logs are complete: skip interpreter finalization, where a gloo teardown
+    # can still abort a worker ("terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
