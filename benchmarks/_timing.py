@@ -216,19 +216,7 @@ class HookTimer:
     call (where the monitors take their NTK samples).
     """
 
-    _IN_LOOP = frozenset(
-        {
-            "on_train_start",
-            "on_train_batch_start",
-            "on_before_backward",
-            "on_after_backward",
-            "on_before_optimizer_step",
-            "on_before_zero_grad",
-            "on_train_batch_end",
-            "on_train_epoch_start",
-            "on_train_epoch_end",
-        }
-    )
+    _IN_LOOP = frozenset(_HOOKS[_HOOKS.index("on_train_start") : _HOOKS.index("on_train_end")])
 
     def __init__(self, callback: Any) -> None:
         self.by_hook: dict[str, float] = {}

@@ -18,6 +18,7 @@ __all__ = [
     "RunResult",
     "add_trainer_arguments",
     "finish_run",
+    "fit_and_report",
     "lightning_noise_filtered",
     "log_dir_of",
     "lplr_report",
@@ -171,3 +172,16 @@ def finish_run(result: RunResult, summary_file: str | None = None) -> RunResult:
         if summary_file:
             write_summary(summary_file, result)
     return result
+
+
+def fit_and_report(
+    trainer: pl.Trainer,
+    model: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    summary_file: str | None = None,
+) -> RunResult:
+    """Fit, then :func:`finish_run`: the common ending of every example's ``main``."""
+    seconds = timed_fit(trainer, model, datamodule)
+    losses = list(getattr(model, "loss_history", []))
+    result = RunResult(trainer, model, datamodule, losses, seconds, log_dir_of(trainer))
+    return finish_run(result, summary_file)

@@ -35,12 +35,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from examples._common import (
     RunResult,
     add_trainer_arguments,
-    finish_run,
+    fit_and_report,
     lightning_noise_filtered,
-    log_dir_of,
     make_logger,
     parse_devices,
-    timed_fit,
     wants_lightning_cli,
 )
 from examples.datasets import DatasetFormatError, DatasetNotFoundError, read_cifar10, subset, synthetic_cifar
@@ -344,12 +342,7 @@ def _run_lightning_cli(argv: Sequence[str]) -> RunResult:
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
         )
-    seconds = timed_fit(cli.trainer, cli.model, cli.datamodule)
-    assert isinstance(cli.model, CIFARResNet)
-    losses = list(cli.model.loss_history)
-    return finish_run(
-        RunResult(cli.trainer, cli.model, cli.datamodule, losses, seconds, log_dir_of(cli.trainer))
-    )
+    return fit_and_report(cli.trainer, cli.model, cli.datamodule)
 
 
 def main(argv: Sequence[str] | None = None) -> RunResult:
@@ -409,9 +402,7 @@ def main(argv: Sequence[str] | None = None) -> RunResult:
         enable_progress_bar=args.progress_bar,
         enable_model_summary=not args.fast,
     )
-    seconds = timed_fit(trainer, model, datamodule)
-    result = RunResult(trainer, model, datamodule, list(model.loss_history), seconds, log_dir_of(trainer))
-    return finish_run(result, args.summary_file)
+    return fit_and_report(trainer, model, datamodule, args.summary_file)
 
 
 if __name__ == "__main__":
