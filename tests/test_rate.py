@@ -10,10 +10,13 @@ import torch
 
 from lightning_lplr.functional import (
     LinearRateFit,
+    LinearRateFits,
     Regime,
     SublinearFit,
     classify_regime,
+    classify_regime_rows,
     fit_linear_rate,
+    fit_linear_rate_rows,
     fit_sublinear_rate,
     predicted_contraction,
     stability_indicator,
@@ -207,3 +210,174 @@ def test_predicted_contraction_and_stability() -> None:
     for lr in (-0.1, math.inf, math.nan):
         with pytest.raises(ValueError, match=rf"lr={lr!r}"):
             predicted_contraction(lr, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Row-wise (batched) fits against the scalar ones, row by row.
+# ---------------------------------------------------------------------------------------------
+
+
+def _random_windows(seed: int, width: int = 50) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A ``(B, width)`` batch covering every case the scalar fits distinguish, with each row's kind."""
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[np.ndarray, np.ndarray]] = []
+    kinds: list[str] = []
+
+    def add(kind: str, gaps: np.ndarray, steps: np.ndarray) -> None:
+        rows.append((np.asarray(gaps, dtype=np.float64), np.asarray(steps, dtype=np.float64)))
+        kinds.append(kind)
+
+    for _ in range(6):
+        start = float(rng.choice([0, 1, 100, 10**6, 3 * 10**6 + 7]))
+        t = start + np.arange(width)
+        b = -rng.uniform(1e-3, 0.3)
+        noise = rng.choice([0.0, 1e-6, 0.05, 0.5])
+        add("geometric", np.exp(rng.normal(0, 2) + b * (t - start) + noise * rng.standard_normal(width)), t)
+    for _ in range(6):
+        t = float(rng.choice([1, 5, 200, 10**6])) + np.arange(width)
+        p = -rng.uniform(0.3, 2.0)
+        add(
+            "power",
+            rng.uniform(0.1, 10) * t**p * np.exp(rng.choice([0.0, 1e-3]) * rng.standard_normal(width)),
+            t,
+        )
+    t = np.arange(width, dtype=np.float64)
+    add("constant", np.full(width, 0.1), t)
+    add("constant", np.full(width, 3.7e-5), 10**6 + t)
+    add("constant-noise", 0.1 * (1 + 1e-14 * rng.standard_normal(width)), t)
+    add("plateau-noise", np.exp(0.01 * rng.standard_normal(width)), 1 + t)
+    add("increasing", np.arange(1.0, width + 1.0), 1 + t)
+    add("pure-noise", np.exp(rng.standard_normal(width)), 1 + t)
+    # NaN padding (ragged windows), in gaps or in steps, and scattered unusable entries.
+    for length in (3, 5, 17, 49):
+        gaps = np.exp(-0.1 * t + 0.01 * rng.standard_normal(width))
+        gaps[length:] = math.nan
+        add("nan-padded", gaps, 10**6 + t)
+        steps = 1 + t.copy()
+        steps[length:] = math.nan
+        add("nan-padded-steps", 1.0 / steps, steps)
+    gaps = np.exp(-0.05 * t)
+    gaps[rng.choice(width, 15, replace=False)] = rng.choice([-1.0, 0.0, -math.inf, math.inf, math.nan], 15)
+    add("negative-gaps", gaps, t)
+    add("all-negative", -np.ones(width), t)
+    # Fewer than two usable points, and usable points all at one step.
+    one = np.full(width, math.nan)
+    one[7] = 0.5
+    add("one-usable", one, t)
+    add("none-usable", np.full(width, math.nan), t)
+    add("one-step", np.exp(-0.1 * t), np.full(width, 12.0))
+    add("one-step", np.exp(-0.1 * t), np.full(width, 0.1))  # a mean of 0.1s is not exactly 0.1
+    add("one-step", np.exp(-0.1 * t), np.full(width, 1e6 + 0.1))
+    two = np.full(width, math.nan)
+    two[[3, 40]] = [1.0, 0.5]
+    add("two-usable", two, t)
+    # Steps out of order, repeated steps, t < 1 (dropped by the regime rule only).
+    add("shuffled", np.exp(-0.2 * t), rng.permutation(t))
+    add("repeated-steps", np.exp(-0.2 * (t // 2)), t // 2)
+    add("t-below-one", 1.0 / np.maximum(t - 10, 0.5), t - 10)
+    order = rng.permutation(len(rows))
+    gaps = np.stack([rows[i][0] for i in order])
+    steps = np.stack([rows[i][1] for i in order])
+    return gaps, steps, [kinds[i] for i in order]
+
+
+def _same(row_value: float, scalar_value: float) -> bool:
+    """Equal up to a relative 1e-9; NaN equals NaN and inf equals inf.
+
+    The absolute 1e-12 is for values that are zero in exact arithmetic (e.g. the
+    intercept of an exact ``e^{-bt}``), which both sides only get up to round-off.
+    """
+    if math.isnan(scalar_value) or math.isnan(row_value):
+        return math.isnan(scalar_value) and math.isnan(row_value)
+    return math.isclose(row_value, scalar_value, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _usable_row(gaps: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with np.errstate(invalid="ignore"):
+        keep = np.isfinite(gaps) & (gaps > 0) & np.isfinite(steps)
+    return gaps[keep], steps[keep]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fit_linear_rate_rows_matches_scalar_fit_row_by_row(seed: int) -> None:
+    gaps, steps, kinds = _random_windows(seed)
+    fits = fit_linear_rate_rows(gaps, steps)
+    assert isinstance(fits, LinearRateFits)
+    batch = gaps.shape[0]
+    for name, field in fits._asdict().items():
+        assert isinstance(field, np.ndarray) and field.shape == (batch,), name
+        assert field.dtype == (np.int64 if name == "num_points" else np.float64), name
+    for b in range(batch):
+        scalar = fit_linear_rate(*_usable_row(gaps[b], steps[b]))
+        assert fit_linear_rate(gaps[b], steps[b]) == scalar  # dropping first changes nothing
+        row = LinearRateFit(*(field[b].item() for field in fits))
+        assert row.num_points == scalar.num_points, kinds[b]
+        for name in ("slope", "intercept", "contraction", "half_life", "r2"):
+            assert _same(getattr(row, name), getattr(scalar, name)), (kinds[b], name, row, scalar)
+    # The batch does reach every edge case of the scalar fit.
+    is_nan = np.isnan(fits.slope)
+    assert is_nan[[k in ("one-step", "one-usable", "none-usable", "all-negative") for k in kinds]].all()
+    constant = [k == "constant" for k in kinds]
+    assert (fits.slope[constant] == 0).all() and (fits.r2[constant] == 1).all()
+    assert (fits.half_life[constant] == math.inf).all() and (fits.contraction[constant] == 1).all()
+    assert set(fits.num_points.tolist()) >= {0, 1, 2, 3, 5, 17, 50}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"min_r2": 0.5, "min_points": 3, "max_sse_ratio": 1.0}, {"min_r2": 0.99, "max_sse_ratio": 0.1}],
+    ids=["default", "lenient", "strict"],
+)
+def test_classify_regime_rows_matches_scalar_rule_row_by_row(seed: int, kwargs: dict) -> None:
+    gaps, steps, kinds = _random_windows(seed)
+    regimes = classify_regime_rows(gaps, steps, **kwargs)
+    assert isinstance(regimes, list) and len(regimes) == gaps.shape[0]
+    for b, regime in enumerate(regimes):
+        assert regime is classify_regime(*_usable_row(gaps[b], steps[b]), **kwargs), kinds[b]
+    assert set(regimes) == set(Regime)  # every outcome occurs in the batch
+
+
+def test_row_fits_accept_tensors_default_steps_and_empty_batches() -> None:
+    gaps, steps, _ = _random_windows(3)
+    expected = fit_linear_rate_rows(gaps, steps)
+    from_tensors = fit_linear_rate_rows(torch.from_numpy(gaps), torch.from_numpy(steps))
+    for got, want in zip(from_tensors, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert classify_regime_rows(torch.from_numpy(gaps), torch.from_numpy(steps)) == classify_regime_rows(
+        gaps, steps
+    )
+    # float32 tensors are widened to float64; default steps are 0..W-1 in every row.
+    tensor = torch.tensor([[1.0, 0.5, 0.25, 0.125], [8.0, 4.0, 2.0, 1.0]], dtype=torch.float32)
+    fits = fit_linear_rate_rows(tensor)
+    np.testing.assert_allclose(fits.contraction, [0.5, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(fits.intercept, np.log([1.0, 8.0]), rtol=1e-12, atol=1e-12)
+    assert classify_regime_rows(tensor.tolist()) == [classify_regime(row) for row in tensor.tolist()]
+    empty = fit_linear_rate_rows(np.empty((0, 50)), np.empty((0, 50)))
+    assert all(field.shape == (0,) for field in empty) and classify_regime_rows(np.empty((0, 50))) == []
+    no_columns = fit_linear_rate_rows(np.empty((2, 0)))
+    assert no_columns.num_points.tolist() == [0, 0] and np.isnan(no_columns.slope).all()
+
+
+def test_row_fits_bad_arguments() -> None:
+    with pytest.raises(ValueError, match=r"gaps must be 2-D; got shape \(3,\)\. Pass one window per row"):
+        fit_linear_rate_rows([1.0, 0.5, 0.25])
+    with pytest.raises(ValueError, match=r"steps must be 2-D; got shape \(3,\)"):
+        classify_regime_rows(np.ones((2, 3)), np.arange(3))
+    with pytest.raises(ValueError, match=r"steps of shape \(2, 4\) and gaps of shape \(2, 3\).*NaN-padding"):
+        fit_linear_rate_rows(np.ones((2, 3)), np.ones((2, 4)))
+    with pytest.raises(TypeError, match=r"gaps must be a 2-D sequence of numbers"):
+        fit_linear_rate_rows([["a", "b"]])
+    for kwargs, pattern in [
+        ({"min_r2": 1.5}, r"min_r2=1\.5"),
+        ({"min_points": 2}, r"min_points=2"),
+        ({"max_sse_ratio": 0.0}, r"max_sse_ratio=0\.0"),
+    ]:
+        with pytest.raises(ValueError, match=pattern):
+            classify_regime_rows(np.ones((2, 10)), **kwargs)
+
+
+def test_scalar_fit_of_points_at_one_inexact_step_is_nan() -> None:
+    # The mean of three 0.1s is not exactly 0.1: the fit must still see a single step.
+    fit = fit_linear_rate([1.0, 0.5, 0.3], steps=[0.1, 0.1, 0.1])
+    assert fit.num_points == 3 and all(math.isnan(v) for v in fit[:5])

@@ -28,10 +28,14 @@ from torch import Tensor
 __all__ = [
     "ArrayLike",
     "LinearRateFit",
+    "LinearRateFits",
     "Regime",
+    "RowsLike",
     "SublinearFit",
     "classify_regime",
+    "classify_regime_rows",
     "fit_linear_rate",
+    "fit_linear_rate_rows",
     "fit_sublinear_rate",
     "predicted_contraction",
     "stability_indicator",
@@ -41,8 +45,11 @@ ArrayLike = Tensor | np.ndarray | Sequence[float]
 """A 1-D series: torch tensor, numpy array, or a sequence of floats / 0-d tensors."""
 
 
-def _as_float_array(values: Any, argument: str) -> np.ndarray:
-    """``values`` as a 1-D float64 numpy array (tensors on any device, sequences of 0-d tensors)."""
+def _as_float_ndarray(values: Any, argument: str, ndim: int = 1, hint: str = "") -> np.ndarray:
+    """``values`` as an ``ndim``-D float64 numpy array (tensors on any device, sequences of 0-d tensors).
+
+    ``hint`` is appended to the error raised for a wrong number of dimensions.
+    """
     if isinstance(values, Tensor):
         arr = values.detach().to("cpu", torch.float64).numpy()
     else:
@@ -53,12 +60,17 @@ def _as_float_array(values: Any, argument: str) -> np.ndarray:
                 arr = np.asarray([float(v) for v in values], dtype=np.float64)
             except (TypeError, ValueError):
                 raise TypeError(
-                    f"{argument} must be a 1-D sequence of numbers, a numpy array or a tensor; "
+                    f"{argument} must be a {ndim}-D sequence of numbers, a numpy array or a tensor; "
                     f"got {type(values).__name__}."
                 ) from None
-    if arr.ndim != 1:
-        raise ValueError(f"{argument} must be 1-D; got shape {arr.shape}.")
+    if arr.ndim != ndim:
+        raise ValueError(f"{argument} must be {ndim}-D; got shape {arr.shape}.{hint}")
     return arr
+
+
+def _as_float_array(values: Any, argument: str) -> np.ndarray:
+    """``values`` as a 1-D float64 numpy array (tensors on any device, sequences of 0-d tensors)."""
+    return _as_float_ndarray(values, argument, ndim=1)
 
 
 def _as_float(value: Any, argument: str) -> float:
@@ -114,7 +126,8 @@ def _fit_line(x: np.ndarray, y: np.ndarray) -> _LineFit:
     dy = y - y_mean
     sxx = float(dx @ dx)
     sst = float(dy @ dy)
-    if not sxx > 0:
+    # All x equal: ``x_mean`` may be off by round-off (e.g. 3 × 0.1), leaving sxx tiny but > 0.
+    if not sxx > 0 or x.min() == x.max():
         return _LineFit(math.nan, math.nan, math.nan, math.nan)
     resolution = 64 * np.finfo(np.float64).eps * max(1.0, float(np.abs(y).max()))
     if sst <= y.shape[0] * resolution**2:
@@ -261,6 +274,15 @@ class Regime(str, Enum):
     """Too few points, no decrease, a poor fit, or no clear winner."""
 
 
+def _check_regime_arguments(min_r2: Any, min_points: Any, max_sse_ratio: Any) -> None:
+    if not _is_real(min_r2) or not 0 <= min_r2 <= 1:
+        raise ValueError(f"min_r2={min_r2!r} must be a number in [0, 1].")
+    if not _is_int(min_points) or min_points < 3:
+        raise ValueError(f"min_points={min_points!r} must be an int >= 3 (a line through 2 points is exact).")
+    if not _is_real(max_sse_ratio) or not 0 < max_sse_ratio <= 1:
+        raise ValueError(f"max_sse_ratio={max_sse_ratio!r} must be a number in (0, 1].")
+
+
 def classify_regime(
     gaps: ArrayLike,
     steps: ArrayLike | None = None,
@@ -312,12 +334,7 @@ def classify_regime(
         >>> classify_regime([1.0, 0.5])
         <Regime.UNDETERMINED: 'undetermined'>
     """
-    if not _is_real(min_r2) or not 0 <= min_r2 <= 1:
-        raise ValueError(f"min_r2={min_r2!r} must be a number in [0, 1].")
-    if not _is_int(min_points) or min_points < 3:
-        raise ValueError(f"min_points={min_points!r} must be an int >= 3 (a line through 2 points is exact).")
-    if not _is_real(max_sse_ratio) or not 0 < max_sse_ratio <= 1:
-        raise ValueError(f"max_sse_ratio={max_sse_ratio!r} must be a number in (0, 1].")
+    _check_regime_arguments(min_r2, min_points, max_sse_ratio)
     t, g = _usable(gaps, steps)
     keep = t >= 1
     t, g = t[keep], g[keep]
@@ -334,6 +351,206 @@ def classify_regime(
                 return regime
             return Regime.UNDETERMINED
     return Regime.UNDETERMINED
+
+
+# ---------------------------------------------------------------------------------------------
+# Row-wise (batched) fits: one independent window per row, the same math as the scalar fits.
+# ---------------------------------------------------------------------------------------------
+
+RowsLike = Tensor | np.ndarray | Sequence[Sequence[float]]
+"""A 2-D batch of windows ``(B, W)``: torch tensor, numpy array, or nested sequences of floats."""
+
+
+def _usable_rows(gaps: Any, steps: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(t, g, keep)`` as ``(B, W)`` arrays: ``keep`` marks the entries the scalar fits would use."""
+    hint = " Pass one window per row, shape (B, W); for a single window use x[None] or the scalar fit."
+    g = _as_float_ndarray(gaps, "gaps", ndim=2, hint=hint)
+    if steps is None:
+        t = np.broadcast_to(np.arange(g.shape[1], dtype=np.float64), g.shape)
+    else:
+        t = _as_float_ndarray(steps, "steps", ndim=2, hint=hint)
+        if t.shape != g.shape:
+            raise ValueError(
+                f"steps and gaps must have the same shape (B, W); got steps of shape {t.shape} and gaps "
+                f"of shape {g.shape}. Give every row the same width, NaN-padding shorter windows."
+            )
+    with np.errstate(invalid="ignore"):
+        keep = np.isfinite(g) & (g > 0) & np.isfinite(t)
+    return t, g, keep
+
+
+def _row_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", a, b)
+
+
+class _LineFits(NamedTuple):
+    slope: np.ndarray
+    intercept: np.ndarray
+    r2: np.ndarray
+    sse: np.ndarray
+
+
+def _fit_lines(x: np.ndarray, y: np.ndarray, keep: np.ndarray) -> _LineFits:
+    """Row-wise :func:`_fit_line` over the entries ``keep`` marks (weights 0/1, centred sums).
+
+    Row ``b`` agrees with ``_fit_line(x[b, keep[b]], y[b, keep[b]])`` up to round-off,
+    with NaN fields where that returns NaN (fewer than two points, or all at one ``x``).
+    """
+    weight = keep.astype(np.float64)
+    x = np.where(keep, x, 0.0)
+    y = np.where(keep, y, 0.0)
+    n = weight.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_mean = x.sum(axis=1) / n
+        y_mean = y.sum(axis=1) / n
+        dx = (x - x_mean[:, None]) * weight
+        dy = (y - y_mean[:, None]) * weight
+        sxx = _row_sum(dx, dx)
+        sst = _row_sum(dy, dy)
+        x_min = np.min(x, axis=1, where=keep, initial=math.inf)
+        x_max = np.max(x, axis=1, where=keep, initial=-math.inf)
+        degenerate = (n < 2) | ~(sxx > 0) | (x_min == x_max)
+        resolution = 64 * np.finfo(np.float64).eps * np.max(np.abs(y), axis=1, where=keep, initial=1.0)
+        constant = ~degenerate & (sst <= n * resolution**2)
+        slope = _row_sum(dx, dy) / sxx
+        residual = dy - slope[:, None] * dx
+        sse = _row_sum(residual, residual)
+        r2 = 1.0 - sse / sst
+        r2 = np.where(r2 > 0, r2, 0.0)  # python's max(0.0, r2), NaN included
+        intercept = y_mean - slope * x_mean
+    slope = np.where(constant, 0.0, slope)
+    intercept = np.where(constant, y_mean, intercept)
+    r2 = np.where(constant, 1.0, r2)
+    sse = np.where(constant, 0.0, sse)
+    return _LineFits(*(np.where(degenerate, math.nan, v) for v in (slope, intercept, r2, sse)))
+
+
+class LinearRateFits(NamedTuple):
+    """Row-wise :class:`LinearRateFit`: each field a 1-D array with one entry per window.
+
+    The float fields are ``float64`` arrays and ``num_points`` is ``int64``; entry ``b``
+    of each field is the corresponding field of :func:`fit_linear_rate` on row ``b``.
+    """
+
+    slope: np.ndarray
+    """``b`` per row: per-step log-decrease."""
+    intercept: np.ndarray
+    """``a`` per row: the fitted ``log Δ`` at ``t = 0``."""
+    contraction: np.ndarray
+    """``ρ = e^b`` per row."""
+    half_life: np.ndarray
+    """``ln 2 / |b|`` per row; ``inf`` where ``b == 0``."""
+    r2: np.ndarray
+    """``1 − SSE/SST`` per row."""
+    num_points: np.ndarray
+    """Usable points per row (``int64``)."""
+
+
+def fit_linear_rate_rows(gaps: RowsLike, steps: RowsLike | None = None) -> LinearRateFits:
+    """:func:`fit_linear_rate` on every row of a ``(B, W)`` batch of windows, vectorised.
+
+    Each row is an independent window. Entries the scalar fit would drop (a
+    non-positive or non-finite gap, a non-finite step) are dropped per row, so rows of
+    different lengths are given by NaN-padding. Row ``b`` of the result equals
+    ``fit_linear_rate(gaps[b], steps[b])`` up to round-off, edge cases included: NaN
+    floats with fewer than two usable points or all of them at one step, and
+    ``slope = 0``, ``contraction = 1``, ``half_life = inf``, ``r2 = 1`` for a constant
+    ``log Δ``. The sums are masked and centred per row, so step numbers in the millions
+    stay well conditioned.
+
+    Args:
+        gaps: suboptimality gaps ``Δ_t``, shape ``(B, W)``.
+        steps: the step of each gap, shape ``(B, W)``; default ``0, 1, …, W−1`` in every row.
+
+    Returns:
+        :class:`LinearRateFits`, every field of length ``B``.
+
+    Raises:
+        ValueError: ``gaps`` or ``steps`` not 2-D, or of different shapes.
+
+    Example:
+        >>> nan = float("nan")
+        >>> fits = fit_linear_rate_rows(
+        ...     [[1.0, 0.5, 0.25, 0.125], [1.0, 0.25, nan, nan], [1.0, -1.0, nan, nan]],
+        ...     [[0, 1, 2, 3], [10, 11, 12, 13], [0, 1, 2, 3]],
+        ... )
+        >>> fits.contraction.round(12).tolist(), fits.num_points.tolist()
+        ([0.5, 0.25, nan], [4, 2, 1])
+    """
+    t, g, keep = _usable_rows(gaps, steps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        line = _fit_lines(t, np.log(np.where(keep, g, 1.0)), keep)
+        b = line.slope
+        half_life = np.where(b != 0, math.log(2) / np.abs(b), math.inf)
+    return LinearRateFits(
+        slope=b,
+        intercept=line.intercept,
+        contraction=np.exp(b),
+        half_life=half_life,
+        r2=line.r2,
+        num_points=keep.sum(axis=1, dtype=np.int64),
+    )
+
+
+def classify_regime_rows(
+    gaps: RowsLike,
+    steps: RowsLike | None = None,
+    *,
+    min_r2: float = 0.9,
+    min_points: int = 5,
+    max_sse_ratio: float = 0.5,
+) -> list[Regime]:
+    """:func:`classify_regime` on every row of a ``(B, W)`` batch of windows, vectorised.
+
+    Each row is an independent window, classified by the rule of
+    :func:`classify_regime` with the same arguments. Entries that rule drops (a
+    non-positive or non-finite gap, a non-finite step, ``t < 1``) are dropped per row,
+    so rows of different lengths are given by NaN-padding.
+
+    Args:
+        gaps: suboptimality gaps ``Δ_t``, shape ``(B, W)``.
+        steps: the step of each gap (from the start of training), shape ``(B, W)``;
+            default ``0, 1, …, W−1`` in every row.
+        min_r2: the winner's ``R²`` must reach this, in ``[0, 1]``.
+        min_points: least number of usable points per row, ``≥ 3``.
+        max_sse_ratio: the winner's ``SSE`` is at most this fraction of the loser's,
+            in ``(0, 1]``.
+
+    Returns:
+        One :class:`Regime` per row, as a list of length ``B`` (map each to a code
+        with ``regime.value``).
+
+    Raises:
+        ValueError: an argument out of its range (named with its value), or ``gaps``
+            and ``steps`` not 2-D or of different shapes.
+
+    Example:
+        >>> t = np.arange(1.0, 21.0)
+        >>> regimes = classify_regime_rows(np.stack([0.5**t, 1 / t, np.ones_like(t)]), np.stack([t, t, t]))
+        >>> [regime.value for regime in regimes]
+        ['linear', 'sublinear', 'undetermined']
+    """
+    _check_regime_arguments(min_r2, min_points, max_sse_ratio)
+    t, g, keep = _usable_rows(gaps, steps)
+    with np.errstate(invalid="ignore"):
+        keep &= t >= 1
+    enough = keep.sum(axis=1) >= min_points
+    t = np.where(keep, t, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.log(np.where(keep, g, 1.0))
+        linear = _fit_lines(t, y, keep)
+        sublinear = _fit_lines(np.log(t), y, keep)
+        fitted = enough & ~np.isnan(linear.slope) & ~np.isnan(sublinear.slope)
+
+        def wins(winner: _LineFits, loser: _LineFits) -> np.ndarray:
+            better = (winner.sse < loser.sse) & (winner.sse <= max_sse_ratio * loser.sse)
+            return fitted & better & (winner.r2 >= min_r2) & (winner.slope < 0)
+
+        is_linear = wins(linear, sublinear)
+        is_sublinear = wins(sublinear, linear)
+    codes = np.where(is_linear, 1, np.where(is_sublinear, 2, 0))
+    regimes = (Regime.UNDETERMINED, Regime.LINEAR, Regime.SUBLINEAR)
+    return [regimes[c] for c in codes.tolist()]
 
 
 def predicted_contraction(lr: float, mu: float, beta: float | None = None) -> float:
