@@ -15,6 +15,7 @@ from lightning_lplr.functional import (
     ExponentialFit,
     LowerEnvelope,
     NTKPLBounds,
+    eigenvalues,
     empirical_ntk,
     envelope_min,
     envelope_quantile,
@@ -114,6 +115,15 @@ def test_ntk_pl_bounds_closed_form_and_nonpositive_gap() -> None:
     k_nan = k.clone()
     k_nan[0, 1] = math.nan
     assert all(math.isnan(v) for v in ntk_pl_bounds(k_nan, g, 0.5))
+
+
+def test_ntk_pl_bounds_reuses_given_eigenvalues(mlp_and_probe) -> None:
+    _, _, kernel = mlp_and_probe
+    g = torch.linspace(-1, 1, kernel.shape[0], dtype=torch.float64)
+    eigs = eigenvalues(kernel)
+    assert ntk_pl_bounds(kernel, g, 0.3, kernel_eigenvalues=eigs) == ntk_pl_bounds(kernel, g, 0.3)
+    with pytest.raises(ValueError, match="kernel_eigenvalues has 2 entries"):
+        ntk_pl_bounds(kernel, g, 0.3, kernel_eigenvalues=eigs[:2])
 
 
 def test_ntk_gradient_size_mismatch_names_both() -> None:
@@ -290,6 +300,71 @@ def test_lower_envelope_state_dict_resumes_exactly() -> None:
     empty = LowerEnvelope()
     empty.load_state_dict({})
     assert empty.count == 0 and empty.num_skipped == 0
+
+
+def _random_stream(seed: int, size: int) -> list[float]:
+    """Exponential ratios with NaN/inf, many exact duplicates, signed zeros, huge and tiny values."""
+    rng = np.random.default_rng(seed)
+    stream = rng.exponential(size=size)
+    picks = rng.random(size)
+    stream[picks < 0.3] = rng.choice([0.5, 1.0, 2.0, 0.0, -0.0], size=int((picks < 0.3).sum()))
+    stream[picks > 0.99] = rng.choice([1e300, 1e-300], size=int((picks > 0.99).sum()))
+    stream[(picks > 0.9) & (picks <= 0.93)] = math.nan
+    stream[(picks > 0.93) & (picks <= 0.95)] = rng.choice([math.inf, -math.inf])
+    return stream.tolist()
+
+
+_QUANTILES = (0.01, 0.05, 0.1, 0.25, 1 / 3, 0.5, 0.7, 0.75, 0.9, 0.99)
+
+
+@pytest.mark.parametrize("window", [None, 1, 2, 7], ids=lambda w: f"window={w}")
+def test_lower_envelope_is_exactly_min_and_np_quantile_after_every_update(window: int | None) -> None:
+    stream = _random_stream(3, 400)
+    envelopes = [LowerEnvelope(window=window, quantile=q) for q in _QUANTILES]
+    finite: list[float] = []
+    for step, v in enumerate(stream):
+        for env in envelopes:
+            env.update(v)
+        if math.isfinite(v):
+            finite.append(v)
+        held = finite if window is None else finite[-window:]
+        for env in envelopes:
+            assert env.count == len(held)
+            assert env.minimum == min(held), step
+            # Bit-identical to numpy's default "linear" quantile, not merely close.
+            assert env.quantile_value == float(np.quantile(np.array(held), env.quantile)), (
+                step,
+                env.quantile,
+            )
+        if step == 200:  # a reset in the middle starts an empty envelope again
+            for env in envelopes:
+                env.reset()
+                assert math.isnan(env.minimum) and math.isnan(env.quantile_value) and env.count == 0
+            finite.clear()
+    assert envelopes[0].num_skipped == sum(not math.isfinite(v) for v in stream[201:])
+
+
+@pytest.mark.parametrize("window", [None, 7], ids=lambda w: f"window={w}")
+def test_lower_envelope_state_round_trip_then_continuing_is_identical(window: int | None) -> None:
+    stream = _random_stream(4, 300)
+    original = LowerEnvelope(window=window, quantile=0.3)
+    for v in stream[:150]:
+        original.update(v)
+    state = json.loads(json.dumps(original.state_dict()))
+    assert state["values"] == [v for v in stream[:150] if math.isfinite(v)][-(window or 150) :]
+    resumed = LowerEnvelope(window=window, quantile=0.3)
+    resumed.update(123.0)  # loading replaces whatever was there
+    resumed.load_state_dict(state)
+    assert (resumed.minimum, resumed.quantile_value) == (original.minimum, original.quantile_value)
+    for v in stream[150:]:
+        original.update(v)
+        resumed.update(v)
+        assert (resumed.minimum, resumed.quantile_value, resumed.count) == (
+            original.minimum,
+            original.quantile_value,
+            original.count,
+        )
+    assert resumed.state_dict() == original.state_dict()
 
 
 @pytest.mark.parametrize("window", [0, -3, 2.5, True], ids=repr)

@@ -15,6 +15,8 @@ from lightning_lplr.functional import (
     empirical_ntk,
     kernel_alignment,
     kernel_distance,
+    operator_norm,
+    spectrum_from_eigenvalues,
     spectrum_stats,
 )
 
@@ -185,3 +187,26 @@ def test_kernel_alignment() -> None:
     assert math.isnan(kernel_alignment(np.zeros((2, 2)), np.eye(2)))
     with pytest.raises(ValueError, match=r"k1 \(2, 2\) and k2 \(2, 3\)"):
         kernel_alignment(np.eye(2), np.ones((2, 3)))
+
+
+def test_spectrum_from_eigenvalues_equals_spectrum_stats():
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(12, 7, generator=g, dtype=torch.float64)
+    k = a @ a.T
+    direct = spectrum_stats(k, normalize=3)
+    reused = spectrum_from_eigenvalues(eigenvalues(k, normalize=3))
+    assert torch.equal(direct.eigenvalues, reused.eigenvalues)
+    assert direct[1:] == reused[1:]
+    nan_stats = spectrum_from_eigenvalues(torch.tensor([float("nan"), 1.0], dtype=torch.float64))
+    assert all(math.isnan(v) for v in nan_stats[1:])
+
+
+def test_operator_norm_is_the_largest_singular_value():
+    g = torch.Generator().manual_seed(6)
+    a = torch.randn(9, 9, generator=g, dtype=torch.float64)
+    sym = a + a.T
+    for m in (sym, a, a[:, :4]):
+        assert operator_norm(m) == pytest.approx(float(torch.linalg.matrix_norm(m, ord=2)), rel=1e-12)
+    assert math.isnan(operator_norm(torch.tensor([[math.inf, 0.0], [0.0, 1.0]])))
+    with pytest.raises(ValueError, match="matrix must be 2-D"):
+        operator_norm(torch.ones(2, 2, 2))

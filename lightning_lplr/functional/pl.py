@@ -17,6 +17,7 @@ Conventions (DESIGN.md §2), for an objective ``L`` with optimal value ``L*``:
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -319,6 +320,30 @@ def envelope_quantile(ratios: ArrayLike, q: float = 0.05) -> float:
     return float(np.quantile(values, q)) if values.shape[0] else math.nan
 
 
+def _sorted_quantile(values: list[float], q: float) -> float:
+    """``np.quantile(values, q)`` (method ``"linear"``) of an already sorted list, in O(1).
+
+    Mirrors numpy bit for bit: virtual index ``(n − 1)·q``, its floor and fraction
+    ``γ``, and numpy's ``_lerp``: ``a + γ(b − a)``, or ``b − (1 − γ)(b − a)`` for ``γ ≥ 0.5``.
+    ``nan`` for an empty list.
+
+    Example:
+        >>> _sorted_quantile([1.0, 2.0, 4.0], 0.75)
+        3.0
+    """
+    n = len(values)
+    if n == 0:
+        return math.nan
+    index = (n - 1) * q
+    if index >= n - 1:
+        return values[-1]
+    below = math.floor(index)
+    gamma = index - below
+    a, b = values[below], values[below + 1]
+    diff = b - a
+    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+
+
 class LowerEnvelope:
     """Windowed lower envelope of a stream of PL ratios.
 
@@ -326,6 +351,10 @@ class LowerEnvelope:
     grows with the run) and reports their minimum and ``quantile``-quantile, as
     :func:`envelope_min` and :func:`envelope_quantile` would on the same values.
     Non-finite values are not stored; they are counted in ``num_skipped``.
+
+    Besides the values in arrival order (the state) it keeps them sorted, so that
+    ``minimum`` and ``quantile_value`` cost O(1) however long the run; ``update`` costs
+    a binary search plus a list insertion (and a removal when the window is full).
 
     Args:
         window: how many most recent finite values to keep, ``≥ 1``; ``None`` for all.
@@ -351,32 +380,43 @@ class LowerEnvelope:
         self.window = None if window is None else int(window)
         self.quantile = _check_quantile(quantile, "quantile")
         self._values: deque[float] = deque(maxlen=self.window)
+        # The same values sorted; among equal values, oldest first (insort after equals, stable
+        # sort on load), so evicting the oldest value removes the leftmost equal entry.
+        self._sorted: list[float] = []
         self._num_skipped = 0
 
     def update(self, value: float) -> None:
         """Add one ratio; a NaN or infinite value is ignored (and counted in ``num_skipped``)."""
         v = _as_float(value, "value")
-        if math.isfinite(v):
-            self._values.append(v)
-        else:
+        if not math.isfinite(v):
             self._num_skipped += 1
+            return
+        if self.window is not None and len(self._values) == self.window:
+            oldest = self._values.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, oldest)]
+        self._values.append(v)
+        bisect.insort(self._sorted, v)
 
     def reset(self) -> None:
         """Forget every value and the skip count."""
         self._values.clear()
+        self._sorted.clear()
         self._num_skipped = 0
 
     @property
     def minimum(self) -> float:
         """Minimum over the window; ``nan`` when empty."""
-        return min(self._values) if self._values else math.nan
+        return self._sorted[0] if self._sorted else math.nan
 
     @property
     def quantile_value(self) -> float:
-        """The ``quantile``-quantile over the window (linear interpolation); ``nan`` when empty."""
-        if not self._values:
-            return math.nan
-        return float(np.quantile(np.fromiter(self._values, dtype=np.float64), self.quantile))
+        """The ``quantile``-quantile over the window (linear interpolation); ``nan`` when empty.
+
+        Bit-identical to ``np.quantile(values, quantile)`` (numpy's default ``"linear"``
+        method): index ``quantile·(n − 1)`` into the sorted values, interpolated with
+        numpy's formula.
+        """
+        return _sorted_quantile(self._sorted, self.quantile)
 
     @property
     def count(self) -> int:
@@ -405,6 +445,7 @@ class LowerEnvelope:
         """
         values: Iterable[Any] = state_dict.get("values", [])
         self._values = deque((float(v) for v in values if math.isfinite(float(v))), maxlen=self.window)
+        self._sorted = sorted(self._values)
         self._num_skipped = int(state_dict.get("num_skipped", 0))
 
 
@@ -460,7 +501,13 @@ class NTKPLBounds(NamedTuple):
     """``λ_max(JJᵀ)·‖g‖² ≥ ‖∇_θ L_probe‖²``."""
 
 
-def ntk_pl_bounds(kernel_full: KernelLike, output_grad: KernelLike, gap: float) -> NTKPLBounds:
+def ntk_pl_bounds(
+    kernel_full: KernelLike,
+    output_grad: KernelLike,
+    gap: float,
+    *,
+    kernel_eigenvalues: Tensor | None = None,
+) -> NTKPLBounds:
     """Rayleigh bounds of the probe PL ratio from the full NTK (DESIGN.md §2: ``μ_NTK = lower``).
 
     Since ``‖∇_θ L‖² = gᵀ (JJᵀ) g`` (see :func:`ntk_gradient_norm_sq`),
@@ -474,6 +521,9 @@ def ntk_pl_bounds(kernel_full: KernelLike, output_grad: KernelLike, gap: float) 
         kernel_full: ``(m·O, m·O)`` kernel ``J Jᵀ`` (unnormalised).
         output_grad: ``∂L_probe/∂f``, shape ``(m, O)`` or flattened ``m·O``.
         gap: ``Δ = L_probe − L*``.
+        kernel_eigenvalues: the ascending eigenvalues of ``kernel_full`` when the caller
+            already has them (:func:`~lightning_lplr.functional.spectrum.eigenvalues`
+            without ``normalize``), which skips a second eigendecomposition.
 
     Returns:
         :class:`NTKPLBounds`; ``lower`` and ``upper`` are NaN when ``gap ≤ 0`` or not
@@ -490,7 +540,15 @@ def ntk_pl_bounds(kernel_full: KernelLike, output_grad: KernelLike, gap: float) 
     k = _square_kernel(kernel_full, "kernel_full")
     g = _gradient_vector(output_grad, k.shape[0], k.device)
     delta = _as_float(gap, "gap")
-    eigs = eigenvalues(k)
+    if kernel_eigenvalues is None:
+        eigs = eigenvalues(k)
+    else:
+        eigs = kernel_eigenvalues.detach().to(torch.float64).reshape(-1)
+        if eigs.shape[0] != k.shape[0]:
+            raise ValueError(
+                f"kernel_eigenvalues has {eigs.shape[0]} entries but kernel_full has {k.shape[0]} rows; "
+                "pass eigenvalues(kernel_full) of the same kernel (or None to compute them)."
+            )
     g2 = float(g @ g)
     nan = math.nan
     if not math.isfinite(g2) or bool(torch.isnan(eigs).any()):

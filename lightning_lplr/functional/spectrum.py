@@ -27,6 +27,8 @@ __all__ = [
     "eigenvalues",
     "kernel_alignment",
     "kernel_distance",
+    "operator_norm",
+    "spectrum_from_eigenvalues",
     "spectrum_stats",
 ]
 
@@ -196,7 +198,25 @@ def spectrum_stats(kernel: KernelLike, *, normalize: float | None = None) -> Spe
         >>> round(spectrum_stats(torch.ones(4, 4)).effective_rank, 12)
         1.0
     """
-    eigs = eigenvalues(kernel, normalize=normalize)
+    return spectrum_from_eigenvalues(eigenvalues(kernel, normalize=normalize))
+
+
+def spectrum_from_eigenvalues(eigs: Tensor) -> SpectrumStats:
+    """:func:`spectrum_stats` of a kernel whose ascending float64 eigenvalues are already known.
+
+    For a caller that needs the eigenvalues anyway, or got them from another process.
+
+    Args:
+        eigs: ascending eigenvalues, as :func:`eigenvalues` returns them (any NaN: all
+            statistics NaN).
+
+    Returns:
+        :class:`SpectrumStats`, equal to ``spectrum_stats`` of the kernel.
+
+    Example:
+        >>> spectrum_from_eigenvalues(torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)).condition_number
+        4.0
+    """
     if bool(torch.isnan(eigs).any()):
         nan = math.nan
         return SpectrumStats(eigs, nan, nan, nan, nan, nan)
@@ -287,6 +307,27 @@ def _operator_norm(matrix: Tensor) -> float:
     if matrix.shape[0] == matrix.shape[1] and torch.allclose(matrix, matrix.T, rtol=1e-10, atol=0.0):
         return float(torch.linalg.eigvalsh(matrix).abs().max()) if matrix.numel() else 0.0
     return float(torch.linalg.matrix_norm(matrix, ord=2))
+
+
+def operator_norm(matrix: KernelLike) -> float:
+    """Operator (spectral) norm of a matrix in float64: ``max |λ|`` for a symmetric one.
+
+    Args:
+        matrix: ``(n, k)`` tensor, numpy array or nested sequences.
+
+    Returns:
+        The largest singular value as a float; NaN when the matrix holds a NaN or an infinity.
+
+    Example:
+        >>> operator_norm(torch.tensor([[1.0, 0.0], [0.0, -3.0]]))
+        3.0
+    """
+    m = _as_float64_tensor(matrix, "matrix")
+    if m.ndim != 2:
+        raise ValueError(f"matrix must be 2-D; got shape {tuple(m.shape)}.")
+    if not bool(torch.isfinite(m).all()):
+        return math.nan
+    return _operator_norm(m)
 
 
 def kernel_alignment(k1: KernelLike, k2: KernelLike) -> float:
