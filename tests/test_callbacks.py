@@ -244,6 +244,69 @@ def test_resume_logs_the_same_values_as_the_uninterrupted_run(tmp_path):
     assert "ntk/drift_op" in resumed.history and resumed.history["ntk/drift_op"][0][0] == 9
 
 
+# ---------------------------------------------------------------------------- batched writes
+@pytest.mark.parametrize("loss_star", ["zero", "running_min"])
+def test_batched_writes_log_the_same_values_as_writing_every_step(tmp_path, loss_star):
+    """Step-level values computed in batches of 7 steps equal those computed step by step."""
+    x, y = regression_data(n=20)
+    runs = {}
+    for flush_every in (1, 7):
+        torch.manual_seed(3)
+        monitor = LPLRMonitor(
+            ntk_every=4,
+            probe_size=6,
+            loss_fn=squared_loss,
+            rate_min_points=4,
+            rate_window=9,
+            loss_star=loss_star,
+            flush_every=flush_every,
+        )
+        logger = TensorBoardLogger(str(tmp_path / str(flush_every)), name="run")
+        _fit(SmallNet(lr=0.1), loader(x, y, batch_size=5), [monitor], logger=logger, max_steps=23)
+        runs[flush_every] = monitor
+    one, batched = runs[1].history, runs[7].history
+    assert set(one) == set(batched)
+    for key, series in one.items():
+        if key.startswith("cost/"):
+            continue
+        assert [s for s, _ in series] == [s for s, _ in batched[key]], key
+        for (_, a), (_, b) in zip(series, batched[key], strict=True):
+            assert a == pytest.approx(b, rel=1e-12, abs=1e-15) or (math.isnan(a) and math.isnan(b)), key
+    # Every step is in the event file once per key, though written in batches.
+    event = next((tmp_path / "7").rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(event.parent), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("lplr/pl/gap")] == list(range(23))
+    assert [e.step for e in acc.Scalars("lplr/rate/slope")] == list(range(3, 23))
+
+
+class _ReadsCallbackMetrics(pl.Callback):
+    """Records ``callback_metrics[key]`` after every training step (it runs after the monitor)."""
+
+    def __init__(self, key: str) -> None:
+        self.key, self.seen = key, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        value = trainer.callback_metrics.get(self.key)
+        self.seen.append((trainer.global_step - 1, None if value is None else float(value)))
+
+
+def test_a_callback_monitoring_a_key_reads_the_current_step():
+    """With EarlyStopping on one of its keys the monitor writes every step as it ends."""
+    x, y = regression_data(n=16)
+    key = "lplr/pl/gap"
+    stopper = EarlyStopping(monitor=key, mode="min", patience=1000, check_on_train_epoch_end=True)
+    reader = _ReadsCallbackMetrics(key)
+    monitor = PLMonitor()  # flush_every=50 by default
+    _fit(SmallNet(lr=0.05), loader(x, y, batch_size=4), [monitor, stopper, reader], max_steps=12)
+    assert reader.seen == [(t, pytest.approx(v)) for t, v in monitor.history["pl/gap"]]
+    # Without a consumer the values arrive in batches: none yet after the first steps.
+    reader = _ReadsCallbackMetrics(key)
+    _fit(SmallNet(lr=0.05), loader(x, y, batch_size=4), [PLMonitor(flush_every=5), reader], max_steps=12)
+    assert [v is None for _, v in reader.seen[:4]] == [True] * 4
+    assert reader.seen[4][1] is not None
+
+
 # ---------------------------------------------------------------------------- early stopping, CLI
 def test_early_stopping_on_the_envelope():
     x, y = regression_data(n=16)
@@ -413,6 +476,8 @@ def test_bad_arguments_name_the_argument():
         LPLRMonitor(loss_star="min")
     with pytest.raises(ValueError, match="implementation='fast'"):
         LPLRMonitor(implementation="fast")
+    with pytest.raises(ValueError, match="flush_every=0"):
+        LPLRMonitor(flush_every=0)
 
 
 def test_no_logger_warns_once_and_fills_callback_metrics():

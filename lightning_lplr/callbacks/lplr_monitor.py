@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
@@ -36,14 +38,20 @@ from lightning_lplr.functional.pl import (
     pl_ratio,
 )
 from lightning_lplr.functional.rate import (
-    classify_regime,
-    fit_linear_rate,
+    classify_regime_rows,
+    fit_linear_rate_rows,
     predicted_contraction,
 )
-from lightning_lplr.functional.spectrum import kernel_distance, spectrum_stats
+from lightning_lplr.functional.spectrum import (
+    eigenvalues,
+    kernel_distance,
+    operator_norm,
+    spectrum_from_eigenvalues,
+    spectrum_stats,
+)
 from lightning_lplr.reporting import tensorboard as tb
-from lightning_lplr.reporting.fanout import log_sample
-from lightning_lplr.reporting.keys import DEFAULT_PREFIX, REGIME_CODES
+from lightning_lplr.reporting.fanout import log_samples
+from lightning_lplr.reporting.keys import ALL_KEYS, DEFAULT_PREFIX, REGIME_CODES, SKIP_KEYS
 from lightning_lplr.schedules import Schedule, as_schedule, log_spaced
 
 __all__ = ["PRESETS", "LPLRMonitor", "LPLRWarning", "Preset"]
@@ -120,6 +128,13 @@ class LPLRMonitor(Callback):
         ntk_every: NTK schedule: an int interval, a ``Callable[[int], bool]``, or
             ``None`` for the preset's. Step 0 (or the first step of the fit) is always sampled.
         step_every: schedule of the step-level PL and rate quantities (default every step).
+        flush_every: the step-level quantities are kept on the device during training (no
+            host sync per step) and computed and written in batches of this many steps, each
+            value at its own step; also before every NTK sample, at checkpoints and at the end
+            of training. When another callback (``EarlyStopping``, ``ModelCheckpoint``) or an LR
+            scheduler monitors one of this monitor's keys, every step is written as it ends,
+            so they read current values; ``flush_every=1`` does the same for anything else
+            that reads ``trainer.callback_metrics`` during training.
         probe: where the probe comes from: a ``Dataset``, ``DataLoader``, input tensor or
             ``(x, y)`` tuple; ``None`` takes the training dataset at fit start.
         probe_size: probe samples ``m``.
@@ -162,6 +177,7 @@ class LPLRMonitor(Callback):
         preset: str = "default",
         ntk_every: int | Schedule | None = None,
         step_every: int | Schedule | None = 1,
+        flush_every: int = 50,
         probe: Dataset | DataLoader | Tensor | tuple[Tensor, ...] | None = None,
         probe_size: int | None = None,
         probe_seed: int | None = None,
@@ -205,6 +221,9 @@ class LPLRMonitor(Callback):
             raise ValueError(f"probe_size={self.probe_size!r} must be an int >= 1.")
         self.ntk_every = as_schedule(chosen.ntk_every if ntk_every is None else ntk_every, "ntk_every")
         self.step_every = as_schedule(step_every, "step_every")
+        if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
+            raise ValueError(f"flush_every={flush_every!r} must be an int >= 1 (steps per batch of writes).")
+        self.flush_every = flush_every
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size={chunk_size!r} must be a positive int or None.")
         if not (
@@ -265,13 +284,13 @@ class LPLRMonitor(Callback):
         self._history: dict[str, deque[tuple[int, float]]] = {}
         self._beta = math.nan
         self._mu_ntk = math.nan
-        # Per-step scratch, never persisted (a checkpoint is written between steps).
-        self._step: int | None = None
-        self._losses: list[Tensor] = []
-        self._grad_norm_sq: Tensor | None = None
-        self._lr = math.nan
-        self._plain_sgd = False
-        self._queued: dict[str, float] = {}
+        self._kernel_eigs: Tensor | None = None
+        # The step in progress and the finished steps not yet written (flushed before any
+        # checkpoint is written, so never persisted).
+        self._current: _StepRecord | None = None
+        self._pending: list[_StepRecord] = []
+        self._trainer_ref: weakref.ReferenceType[pl.Trainer] | None = None
+        self._flush_size = self.flush_every
 
     @property
     def state_key(self) -> str:
@@ -282,6 +301,9 @@ class LPLRMonitor(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        trainer = None if self._trainer_ref is None else self._trainer_ref()
+        if trainer is not None and self._pending:
+            self._flush(trainer)  # a checkpoint holds every finished step's state
         return {
             "version": 1,
             "probe_x": None if self._probe is None else self._probe.x.cpu(),
@@ -347,6 +369,10 @@ class LPLRMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._trainer_ref = weakref.ref(trainer)
+        # A callback or scheduler that monitors one of our keys reads trainer.callback_metrics at
+        # an epoch or validation boundary: write every step as it ends so it reads current values.
+        self._flush_size = 1 if _monitored_keys(trainer) & self._keys() else self.flush_every
         device = pl_module.device
         if "ntk" in self._parts or self.loss_fn is not None:
             if self._probe is None:
@@ -365,46 +391,53 @@ class LPLRMonitor(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         t = trainer.global_step
-        if self._step != t:
-            self._step, self._losses, self._grad_norm_sq, self._queued = t, [], None, {}
+        current = self._current
+        if current is None or current.step != t:
+            wants_step = bool({"pl", "rate"} & self._parts) and bool(self.step_every(t))
+            current = self._current = _StepRecord(t, wants_step)
         if not self._wants_probe_work(t):
             return
         self._last_ntk_step = t
-        self._queued.update(self._sample_probe(trainer, pl_module, t))
+        self._flush(trainer)  # the earlier steps first: they are described by the previous sample
+        current.probe.update(self._sample_probe(trainer, pl_module, t))
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if not ({"pl", "rate"} & self._parts) or not self.step_every(trainer.global_step):
+        current = self._current
+        if current is None or not current.wants_step:
             return
-        grads = [p.grad.detach() for p in pl_module.parameters() if p.grad is not None]
-        if grads:
-            # Per-tensor norms in the gradients' own dtype (no float64 copy of every gradient,
-            # which cost more than a small model's step), summed in float64.
-            norms = torch.stack([torch.linalg.vector_norm(g, dtype=_norm_dtype(g)) for g in grads]).double()
-            self._grad_norm_sq = (norms**2).sum()
-        group = optimizer.param_groups[0]
-        self._lr = float(group.get("lr", math.nan))
-        self._plain_sgd = _is_plain_sgd(optimizer)
+        current.grad_norm = _grad_norm(pl_module)
+        current.lr = optimizer.param_groups[0].get("lr", math.nan)
+        current.plain_sgd = _is_plain_sgd(optimizer)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss = _loss_of(outputs)
-        if loss is not None:
-            self._losses.append(loss.detach().to(torch.float64))
-        t = self._step
-        if t is None or trainer.global_step == t:
+        current = self._current
+        if current is None:
+            return
+        if current.wants_step:
+            loss = _loss_of(outputs)
+            if loss is not None:
+                loss = loss.detach()
+                # Under gradient accumulation Lightning divides each micro-batch loss by
+                # accumulate_grad_batches before backward and hands that value to this hook,
+                # so the sum is the objective whose gradient the optimizer sees.
+                current.loss = loss if current.loss is None else current.loss.double() + loss.double()
+        if trainer.global_step == current.step:
             return  # gradient accumulation: the optimizer has not stepped yet
-        metrics = dict(self._queued)
-        if ({"pl", "rate"} & self._parts) and self.step_every(t):
-            metrics.update(self._step_metrics(trainer, t))
-        self._queued = {}
-        self._step = None
-        self._record(metrics, t)
-        log_sample(trainer, pl_module, {self.prefix + k: v for k, v in metrics.items()}, t)
+        self._current = None
+        if current.wants_step or current.probe:
+            self._pending.append(current)
+        if len(self._pending) >= self._flush_size:
+            self._flush(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -528,18 +561,27 @@ class LPLRMonitor(Callback):
     def _ntk_metrics(self, pl_module: pl.LightningModule, kernel: Tensor, t: int) -> dict[str, float]:
         assert self._probe is not None and self._theta0 is not None
         m = self._probe.size
-        stats = spectrum_stats(kernel, normalize=m)
-        if not math.isfinite(stats.lambda_max):
+        self._kernel_eigs = None
+        if not bool(torch.isfinite(kernel).all()):  # the same kernel on every rank: all skip together
             self._skip("ntk_error", "the NTK has non-finite entries")
             return {"skipped/ntk_error": float(self._skips["ntk_error"])}
+        eigs, drift_abs = self._spectra(pl_module.trainer, kernel)
+        stats = spectrum_from_eigenvalues(eigs / m)
+        if not math.isfinite(stats.lambda_max):
+            self._skip("ntk_error", "the NTK eigen solver did not converge")
+            return {"skipped/ntk_error": float(self._skips["ntk_error"])}
+        self._kernel_eigs = eigs
         if self._kernel0 is None:
             self._kernel0 = kernel.detach().clone()
             self._lambda_min0 = stats.lambda_min
             self._lambda_max0 = stats.lambda_max
-        drift_op = kernel_distance(kernel, self._kernel0, norm="op")
-        drift_fro = kernel_distance(kernel, self._kernel0, norm="fro")
         if self._lambda_max0 != self._lambda_max0:  # NaN: not yet known (e.g. an old checkpoint)
-            self._lambda_max0 = spectrum_stats(self._kernel0, normalize=m).lambda_max
+            stats0 = spectrum_stats(self._kernel0, normalize=m)
+            self._lambda_min0, self._lambda_max0 = stats0.lambda_min, stats0.lambda_max
+        # ‖Θ_0‖₂ = max |λ(Θ_0)|: the extreme eigenvalues of the first sample, kept.
+        norm0 = m * max(abs(self._lambda_min0), abs(self._lambda_max0))
+        drift_op = drift_abs / norm0 if norm0 > 0 else (0.0 if drift_abs == 0 else math.inf)
+        drift_fro = kernel_distance(kernel, self._kernel0, norm="fro")
         radius = _param_distance(trainer_params(pl_module), self._theta0)
         if radius > 0:
             # ‖Θ_t − Θ_0‖₂ = drift_op · ‖Θ_0‖₂ and ‖Θ_0‖₂ = λ_max(Θ_0) for a PSD kernel.
@@ -565,6 +607,33 @@ class LPLRMonitor(Callback):
             "region/mu_cert": mu_cert,
             "region/inside": float(mu_cert > 0),
         }
+
+    def _spectra(self, trainer: pl.Trainer, kernel: Tensor) -> tuple[Tensor, float]:
+        """Eigenvalues of ``K`` and ``‖K − K_0‖₂``: the two eigendecompositions of an NTK sample.
+
+        With several ranks the two run on different ranks (0 and 1) at the same time, and one
+        all-gather of ``n + 1`` numbers gives both results to every rank.
+        """
+        world, rank = trainer.world_size, trainer.global_rank
+        kernel0 = self._kernel0
+        n = kernel.shape[0]
+        eigs: Tensor | None = None
+        drift = math.nan
+        if world == 1 or rank == 0:
+            eigs = eigenvalues(kernel)
+        if kernel0 is None:
+            drift = 0.0
+        elif world == 1 or rank == 1:
+            drift = operator_norm(kernel - kernel0)
+        if world == 1:
+            assert eigs is not None
+            return eigs, drift
+        buffer = torch.full((n + 1,), math.nan, dtype=torch.float64, device=kernel.device)
+        if eigs is not None:
+            buffer[:n] = eigs
+        buffer[n] = drift
+        gathered = trainer.strategy.all_gather(buffer)  # (world, n + 1)
+        return gathered[0, :n].clone(), float(gathered[0 if kernel0 is None else 1, n])
 
     def _probe_pl_metrics(
         self, pl_module: pl.LightningModule, kernel: Tensor | None, t: int
@@ -593,7 +662,8 @@ class LPLRMonitor(Callback):
         gap = loss_value - loss_star
         metrics = {"pl/ratio_probe": pl_ratio(grad_norm_sq, gap)}
         if kernel is not None and self.kind == "full" and gap > 0:
-            self._mu_ntk = ntk_pl_bounds(kernel, g.reshape(-1).to(torch.float64), gap).lower
+            g64 = g.reshape(-1).to(torch.float64)
+            self._mu_ntk = ntk_pl_bounds(kernel, g64, gap, kernel_eigenvalues=self._kernel_eigs).lower
             metrics["pl/mu_ntk"] = self._mu_ntk
         return metrics
 
@@ -607,80 +677,137 @@ class LPLRMonitor(Callback):
             return estimate_loss_star(losses, "fit", steps=steps)
         return estimate_loss_star(losses, self.loss_star)
 
-    def _step_metrics(self, trainer: pl.Trainer, t: int) -> dict[str, float]:
-        if not self._losses:
+    def _flush(self, trainer: pl.Trainer) -> None:
+        """Compute, record and write every finished step not yet written, in step order.
+
+        Runs at the same steps on every rank (a count of steps, the NTK schedule, epoch and
+        validation boundaries, checkpoints), so its one collective (the mean loss over ranks)
+        is entered by all of them.
+        """
+        records, self._pending = self._pending, []
+        if not records:
+            return
+        wanted = [r for r in records if r.wants_step]
+        step_metrics = self._step_metrics(trainer, wanted) if wanted else {}
+        samples = []
+        for record in records:
+            metrics = dict(record.probe)
+            metrics.update(step_metrics.get(record.step, {}))
+            if not metrics:
+                continue
+            self._record(metrics, record.step)
+            samples.append((record.step, {self.prefix + k: v for k, v in metrics.items()}))
+        log_samples(trainer, samples)
+
+    def _step_metrics(self, trainer: pl.Trainer, records: list[_StepRecord]) -> dict[int, dict[str, float]]:
+        """Step-level PL and rate quantities of ``records`` (in step order), step → metrics."""
+        with_loss = [r for r in records if r.loss is not None]
+        if len(with_loss) < len(records):
             self._warn_once(
                 "no_loss",
                 "training_step returned no loss tensor (None, or a dict without 'loss'); the step-level PL "
                 "and rate quantities need it and are not logged.",
             )
+        if not with_loss:
             return {}
-        # Under gradient accumulation Lightning divides each micro-batch loss by
-        # accumulate_grad_batches before backward and hands that value to on_train_batch_end,
-        # so the sum is the objective whose gradient the optimizer sees.
-        loss = torch.stack(self._losses).sum()
+        # One stack, one collective and one device→host copy for the whole batch of steps.
+        losses_t = _stack_float64([r.loss for r in with_loss if r.loss is not None])
         if trainer.world_size > 1:
-            loss = trainer.strategy.reduce(loss, reduce_op="mean")
-        loss_value = float(loss)
-        grad_norm_sq = math.nan if self._grad_norm_sq is None else float(self._grad_norm_sq)
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm_sq)):
-            self._skip(
-                "nonfinite_loss", f"non-finite loss {loss_value} or squared gradient norm {grad_norm_sq}"
-            )
-            return {"skipped/nonfinite_loss": float(self._skips["nonfinite_loss"])}
-        self._window.append((t, loss_value))
-        self._running_min = min(self._running_min, loss_value)
-        steps = [s for s, _ in self._window]
-        losses = [v for _, v in self._window]
-        if self.loss_star == "running_min":
-            loss_star = estimate_loss_star([self._running_min], "running_min", margin=self.loss_star_margin)
-        else:
-            loss_star = self._loss_star(losses, steps)
-        gap = loss_value - loss_star
-        metrics: dict[str, float] = {"pl/gap": gap}
-        if gap <= 0:
-            self._skip("nonpositive_gap", f"non-positive gap {gap} (L* = {loss_star})", warn=False)
-            metrics["skipped/nonpositive_gap"] = float(self._skips["nonpositive_gap"])
-        else:
-            ratio = pl_ratio(grad_norm_sq, gap)
-            if "pl" in self._parts:
-                metrics["pl/ratio_step"] = ratio
-            self._envelope.update(ratio)
-        if "pl" in self._parts:
-            metrics["pl/envelope_min"] = self._envelope.minimum
-            metrics["pl/envelope_q05"] = self._envelope.quantile_value
-        if "rate" in self._parts:
-            metrics.update(self._rate_metrics(steps, [v - loss_star for v in losses]))
-        return metrics
+            losses_t = trainer.strategy.reduce(losses_t, reduce_op="mean")
+        losses = losses_t.cpu().tolist()
+        norms = [r.grad_norm for r in with_loss if r.grad_norm is not None]
+        norm_values = iter((_stack_float64(norms) ** 2).cpu().tolist() if norms else [])
+        grad_norm_sq = [next(norm_values) if r.grad_norm is not None else math.nan for r in with_loss]
 
-    def _rate_metrics(self, steps: list[int], gaps: list[float]) -> dict[str, float]:
-        usable = [(s, g) for s, g in zip(steps, gaps, strict=True) if g > 0 and math.isfinite(g)]
-        if len(usable) < self.rate_min_points:
-            return {}
-        s, g = zip(*usable, strict=True)
-        fit = fit_linear_rate(list(g), list(s))
-        regime = classify_regime(list(g), list(s))
-        metrics = {
-            "rate/slope": fit.slope,
-            "rate/contraction": fit.contraction,
-            "rate/half_life": fit.half_life,
-            "rate/r2": fit.r2,
-            "rate/regime": REGIME_CODES[str(regime.value)],
-        }
-        if not self._plain_sgd:
-            self._warn_once(
-                "not_plain_sgd",
-                "the optimizer is not plain SGD (momentum, Nesterov or an adaptive method): the predicted "
-                "contraction 1 − 2ημ(1 − ηβ/2) holds for gradient descent only and is not logged; the "
-                "measured "
-                "rate still is.",
+        out: dict[int, dict[str, float]] = {}
+        rows: list[tuple[int, float, float]] = []  # (end index in the window history, L*, μ) per rate row
+        history: list[tuple[int, float]] = list(self._window)
+        for record, loss_value, gsq in zip(with_loss, losses, grad_norm_sq, strict=True):
+            t = record.step
+            if not (math.isfinite(loss_value) and math.isfinite(gsq)):
+                self._skip("nonfinite_loss", f"non-finite loss {loss_value} or squared gradient norm {gsq}")
+                out[t] = {"skipped/nonfinite_loss": float(self._skips["nonfinite_loss"])}
+                continue
+            self._window.append((t, loss_value))
+            history.append((t, loss_value))
+            self._running_min = min(self._running_min, loss_value)
+            if self.loss_star == "running_min":
+                margin = self.loss_star_margin
+                loss_star = estimate_loss_star([self._running_min], "running_min", margin=margin)
+            elif self.loss_star == "zero":
+                loss_star = 0.0
+            elif not isinstance(self.loss_star, str):
+                loss_star = float(self.loss_star)
+            else:
+                loss_star = self._loss_star([v for _, v in self._window], [s for s, _ in self._window])
+            gap = loss_value - loss_star
+            metrics: dict[str, float] = {"pl/gap": gap}
+            if gap <= 0:
+                self._skip("nonpositive_gap", f"non-positive gap {gap} (L* = {loss_star})", warn=False)
+                metrics["skipped/nonpositive_gap"] = float(self._skips["nonpositive_gap"])
+            else:
+                ratio = pl_ratio(gsq, gap)
+                if "pl" in self._parts:
+                    metrics["pl/ratio_step"] = ratio
+                self._envelope.update(ratio)
+            envelope_min = self._envelope.minimum
+            if "pl" in self._parts:
+                metrics["pl/envelope_min"] = envelope_min
+                metrics["pl/envelope_q05"] = self._envelope.quantile_value
+            out[t] = metrics
+            if "rate" in self._parts:
+                mu = self._mu_ntk if math.isfinite(self._mu_ntk) else envelope_min
+                rows.append((len(history) - 1, loss_star, mu))
+        if rows:
+            self._rate_metrics(history, rows, with_loss, out)
+        return out
+
+    def _rate_metrics(
+        self,
+        history: list[tuple[int, float]],
+        rows: list[tuple[int, float, float]],
+        records: list[_StepRecord],
+        out: dict[int, dict[str, float]],
+    ) -> None:
+        """Add the rate fit over each row's trailing window to ``out``, all rows in one batched fit."""
+        w = self.rate_window
+        steps = np.array([s for s, _ in history], dtype=np.float64)
+        losses = np.array([v for _, v in history], dtype=np.float64)
+        pad = np.full(w - 1, np.nan)
+        end = np.array([r[0] for r in rows])
+        index = end[:, None] + np.arange(w)  # window of the entry at `end` in the padded arrays
+        step_rows = np.concatenate([pad, steps])[index]
+        gap_rows = np.concatenate([pad, losses])[index] - np.array([r[1] for r in rows])[:, None]
+        fits = fit_linear_rate_rows(gap_rows, step_rows)
+        regimes = classify_regime_rows(gap_rows, step_rows)
+        by_step = {r.step: r for r in records}
+        for k, (e, _, mu) in enumerate(rows):
+            if fits.num_points[k] < self.rate_min_points:
+                continue
+            t = int(steps[e])
+            metrics = out[t]
+            metrics.update(
+                {
+                    "rate/slope": float(fits.slope[k]),
+                    "rate/contraction": float(fits.contraction[k]),
+                    "rate/half_life": float(fits.half_life[k]),
+                    "rate/r2": float(fits.r2[k]),
+                    "rate/regime": REGIME_CODES[str(regimes[k].value)],
+                }
             )
-            return metrics
-        mu = self._mu_ntk if math.isfinite(self._mu_ntk) else self._envelope.minimum
-        if math.isfinite(mu) and math.isfinite(self._lr):
-            beta = self._beta if math.isfinite(self._beta) else None
-            metrics["rate/contraction_pred"] = predicted_contraction(self._lr, mu, beta)
-        return metrics
+            record = by_step[t]
+            if not record.plain_sgd:
+                self._warn_once(
+                    "not_plain_sgd",
+                    "the optimizer is not plain SGD (momentum, Nesterov or an adaptive method): the "
+                    "predicted contraction 1 − 2ημ(1 − ηβ/2) holds for gradient descent only and is not "
+                    "logged; the measured rate still is.",
+                )
+                continue
+            lr = float(record.lr)
+            if math.isfinite(mu) and math.isfinite(lr):
+                beta = self._beta if math.isfinite(self._beta) else None
+                metrics["rate/contraction_pred"] = predicted_contraction(lr, mu, beta)
 
     # ------------------------------------------------------------------ bookkeeping
     def _skip(self, cause: str, detail: str, warn: bool = True) -> None:
@@ -704,6 +831,10 @@ class LPLRMonitor(Callback):
         for key, value in metrics.items():
             self._last[key] = value
             self._history.setdefault(key, deque(maxlen=_HISTORY_LENGTH)).append((step, value))
+
+    def _keys(self) -> set[str]:
+        """Every key this monitor can write, with the prefix."""
+        return {self.prefix + key for key in ALL_KEYS + SKIP_KEYS}
 
     @property
     def history(self) -> dict[str, list[tuple[int, float]]]:
@@ -780,9 +911,58 @@ def _param_distance(params: Mapping[str, Tensor], reference: Mapping[str, Tensor
     return float(total.sqrt())
 
 
+def _monitored_keys(trainer: pl.Trainer) -> set[str]:
+    """Keys of ``trainer.callback_metrics`` that callbacks and LR schedulers monitor."""
+    keys = {getattr(cb, "monitor", None) for cb in trainer.callbacks}
+    keys.update(getattr(config, "monitor", None) for config in getattr(trainer, "lr_scheduler_configs", ()))
+    return {k for k in keys if isinstance(k, str)}
+
+
+@dataclass
+class _StepRecord:
+    """What one optimizer step left for the monitor, kept on the device until it is written."""
+
+    step: int
+    wants_step: bool
+    probe: dict[str, float] = field(default_factory=dict)
+    """Metrics of the NTK/probe sample taken at this step."""
+    loss: Tensor | None = None
+    """The training loss (summed over micro-batches), detached, on the device."""
+    grad_norm: Tensor | None = None
+    """``‖∇L‖`` the optimizer is about to use, 0-d, on the device."""
+    lr: Any = math.nan
+    plain_sgd: bool = False
+
+
 def _norm_dtype(tensor: Tensor) -> torch.dtype:
     """float32 for half-precision gradients (their squares overflow), else their own dtype."""
     return torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else tensor.dtype
+
+
+def _grad_norm(module: nn.Module) -> Tensor | None:
+    """``‖∇L‖`` over the module's gradients as a 0-d device tensor (no host sync), ``None`` without any.
+
+    Per-tensor norms in the gradients' own dtype (float32 for half precision): no float64 copy
+    of every gradient, which cost more than a small model's step.
+    """
+    grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return None
+    first = grads[0]
+    with torch.no_grad():
+        if all(g.dtype == first.dtype and g.device == first.device and not g.is_sparse for g in grads):
+            dtype = _norm_dtype(first)
+            norms = torch._foreach_norm(grads, 2, dtype=dtype if dtype != first.dtype else None)
+            return torch.linalg.vector_norm(torch.stack(norms))
+        parts = [torch.linalg.vector_norm(g, dtype=_norm_dtype(g)).double().to(first.device) for g in grads]
+        return torch.linalg.vector_norm(torch.stack(parts))
+
+
+def _stack_float64(values: list[Tensor]) -> Tensor:
+    """One float64 1-D tensor of 0-d tensors (possibly of different dtypes)."""
+    if all(v.dtype == values[0].dtype for v in values):
+        return torch.stack(values).to(torch.float64)
+    return torch.stack([v.to(torch.float64) for v in values])
 
 
 def _loss_of(outputs: Any) -> Tensor | None:

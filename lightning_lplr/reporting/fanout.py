@@ -1,51 +1,77 @@
-"""Write one sample of metrics to every logger of a run, exactly once per step.
+"""Write samples of metrics to every logger of a run, exactly once per step.
 
 ``pl_module.log(..., on_step=True)`` writes at ``log_every_n_steps`` and repeats
 stale values; the monitors instead call ``logger.log_metrics(metrics, step=t)`` on
-each logger in ``trainer.loggers`` (rank zero only) and put the same values into the
-``trainer.callback_metrics`` dict (on every rank) so that ``EarlyStopping`` and
+each logger in ``trainer.loggers`` (rank zero only) and put the latest values into
+the ``trainer.callback_metrics`` dict (on every rank) so that ``EarlyStopping`` and
 ``ModelCheckpoint`` can monitor them. Writing the dict directly, rather than through
 ``LightningModule.log(..., logger=False)``, matters for speed: ``log`` costs about
 0.5 ms per key and call, more than a small model's whole training step.
+
+A ``TensorBoardLogger`` gets one event per step holding all of that step's scalars
+(:func:`lightning_lplr.reporting.tensorboard.add_scalars`) instead of one event per
+scalar: the same records a reader sees, at a fraction of the cost.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import lightning.pytorch as pl
 import torch
 
-__all__ = ["log_sample"]
+from lightning_lplr.reporting import tensorboard as tb
+
+__all__ = ["log_sample", "log_samples"]
+
+
+def log_samples(
+    trainer: pl.Trainer,
+    samples: Sequence[tuple[int, Mapping[str, float]]],
+    *,
+    to_callback_metrics: bool = True,
+) -> None:
+    """Log each ``(step, metrics)`` to all loggers (rank zero) and the latest values to ``callback_metrics``.
+
+    Args:
+        trainer: the running trainer.
+        samples: ``(step, full key → float)`` pairs in step order; each is written at its own
+            step. Non-finite values are written as they are (loggers accept NaN), so a reader
+            sees that a quantity was undefined at that step.
+        to_callback_metrics: also expose the latest finite value of every key in
+            ``trainer.callback_metrics`` (on every rank).
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> trainer = Trainer(logger=False, enable_progress_bar=False)
+        >>> log_samples(trainer, [(0, {"lplr/pl/gap": 2.0}), (1, {"lplr/pl/gap": 1.0})])
+        >>> float(trainer.callback_metrics["lplr/pl/gap"])
+        1.0
+    """
+    samples = [(step, {k: float(v) for k, v in metrics.items()}) for step, metrics in samples if metrics]
+    if not samples:
+        return
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            if not tb.add_scalars(logger, samples):
+                for step, values in samples:
+                    logger.log_metrics(values, step=step)
+    if to_callback_metrics:
+        latest: dict[str, float] = {}
+        for _, values in samples:
+            latest.update((k, v) for k, v in values.items() if math.isfinite(v))
+        callback_metrics = trainer.callback_metrics
+        for key, value in latest.items():
+            callback_metrics[key] = torch.tensor(value)
 
 
 def log_sample(
     trainer: pl.Trainer,
-    pl_module: pl.LightningModule,
     metrics: Mapping[str, float],
     step: int,
     *,
     to_callback_metrics: bool = True,
 ) -> None:
-    """Log ``metrics`` at ``step`` to all loggers (rank zero) and to ``callback_metrics`` (all ranks).
-
-    Args:
-        trainer: the running trainer.
-        pl_module: the module being trained (its ``log`` feeds ``callback_metrics``).
-        metrics: full key → float; non-finite values are written as they are (loggers
-            accept NaN), so a reader sees that a quantity was undefined at that step.
-        step: the optimizer step the values describe.
-        to_callback_metrics: also expose the (finite) values in ``trainer.callback_metrics``.
-    """
-    if not metrics:
-        return
-    values = {k: float(v) for k, v in metrics.items()}
-    if trainer.is_global_zero:
-        for logger in trainer.loggers:
-            logger.log_metrics(values, step=step)
-    if to_callback_metrics:
-        callback_metrics = trainer.callback_metrics
-        for key, value in values.items():
-            if math.isfinite(value):
-                callback_metrics[key] = torch.tensor(value)
+    """Log one sample: :func:`log_samples` with a single ``(step, metrics)``."""
+    log_samples(trainer, [(step, metrics)], to_callback_metrics=to_callback_metrics)
