@@ -50,7 +50,7 @@ from lightning_lplr.functional.spectrum import (
     spectrum_stats,
 )
 from lightning_lplr.reporting import tensorboard as tb
-from lightning_lplr.reporting.fanout import log_samples
+from lightning_lplr.reporting.fanout import update_callback_metrics, write_samples
 from lightning_lplr.reporting.keys import ALL_KEYS, DEFAULT_PREFIX, REGIME_CODES, SKIP_KEYS
 from lightning_lplr.schedules import Schedule, as_schedule, log_spaced
 
@@ -291,19 +291,30 @@ class LPLRMonitor(Callback):
         self._pending: list[_StepRecord] = []
         self._trainer_ref: weakref.ReferenceType[pl.Trainer] | None = None
         self._flush_size = self.flush_every
+        self._outbox: deque[tuple[int, dict[str, float]]] = deque()
 
     @property
     def state_key(self) -> str:
-        """Checkpoint key derived from the configuration, so two monitors can coexist."""
-        return self._generate_state_key(
-            kind=self.kind, probe_size=self.probe_size, prefix=self.prefix, parts=sorted(self._parts)
-        )
+        """Checkpoint key derived from the configuration, so two monitors can coexist.
+
+        Lightning reads it around every hook call (profiler names), so it is built once per
+        configuration and cached.
+        """
+        config = (self.kind, self.probe_size, self.prefix)
+        cached = self.__dict__.get("_state_key_cache")
+        if cached is None or cached[0] != config:
+            key = self._generate_state_key(
+                kind=self.kind, probe_size=self.probe_size, prefix=self.prefix, parts=sorted(self._parts)
+            )
+            cached = self._state_key_cache = (config, key)
+        return cached[1]
 
     @override
     def state_dict(self) -> dict[str, Any]:
         trainer = None if self._trainer_ref is None else self._trainer_ref()
-        if trainer is not None and self._pending:
-            self._flush(trainer)  # a checkpoint holds every finished step's state
+        if trainer is not None:
+            self._flush(trainer)  # a checkpoint holds every finished step's state,
+            self._write(trainer)  # and everything before it is on disk
         return {
             "version": 1,
             "probe_x": None if self._probe is None else self._probe.x.cpu(),
@@ -408,7 +419,7 @@ class LPLRMonitor(Callback):
         current = self._current
         if current is None or not current.wants_step:
             return
-        current.grad_norm = _grad_norm(pl_module)
+        current.grad_norm = _grad_norm(optimizer)
         current.lr = optimizer.param_groups[0].get("lr", math.nan)
         current.plain_sgd = _is_plain_sgd(optimizer)
 
@@ -434,10 +445,13 @@ class LPLRMonitor(Callback):
             self._pending.append(current)
         if len(self._pending) >= self._flush_size:
             self._flush(trainer)
+        if self._outbox:
+            self._write(trainer, 1 + len(self._outbox) // self._flush_size)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush(trainer)
+        self._write(trainer)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -696,8 +710,21 @@ class LPLRMonitor(Callback):
             if not metrics:
                 continue
             self._record(metrics, record.step)
-            samples.append((record.step, {self.prefix + k: v for k, v in metrics.items()}))
-        log_samples(trainer, samples)
+            samples.append((record.step, {self.prefix + k: float(v) for k, v in metrics.items()}))
+        update_callback_metrics(trainer, samples)
+        if trainer.is_global_zero:
+            self._outbox.extend(samples)
+
+    def _write(self, trainer: pl.Trainer, limit: int | None = None) -> None:
+        """Write up to ``limit`` (all for ``None``) computed samples to the loggers, oldest first.
+
+        A flush computes a batch of steps at once, but writing them all at once would make the
+        training thread wait on TensorBoard's writer queue (whose thread serialises and checksums
+        every event in Python); a few per step let that thread work while the model computes.
+        """
+        count = len(self._outbox) if limit is None else min(limit, len(self._outbox))
+        if count:
+            write_samples(trainer, [self._outbox.popleft() for _ in range(count)])
 
     def _step_metrics(self, trainer: pl.Trainer, records: list[_StepRecord]) -> dict[int, dict[str, float]]:
         """Step-level PL and rate quantities of ``records`` (in step order), step → metrics."""
@@ -939,13 +966,17 @@ def _norm_dtype(tensor: Tensor) -> torch.dtype:
     return torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else tensor.dtype
 
 
-def _grad_norm(module: nn.Module) -> Tensor | None:
-    """``‖∇L‖`` over the module's gradients as a 0-d device tensor (no host sync), ``None`` without any.
+def _grad_norm(optimizer: torch.optim.Optimizer) -> Tensor | None:
+    """``‖∇L‖`` of the gradients ``optimizer`` is about to apply, 0-d on the device (no host sync).
+
+    ``None`` when no parameter has a gradient.
 
     Per-tensor norms in the gradients' own dtype (float32 for half precision): no float64 copy
     of every gradient, which cost more than a small model's step.
     """
-    grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
+    grads = [
+        p.grad.detach() for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+    ]
     if not grads:
         return None
     first = grads[0]

@@ -23,7 +23,7 @@ import torch
 
 from lightning_lplr.reporting import tensorboard as tb
 
-__all__ = ["log_sample", "log_samples"]
+__all__ = ["log_sample", "log_samples", "update_callback_metrics", "write_samples"]
 
 
 def log_samples(
@@ -50,20 +50,29 @@ def log_samples(
         1.0
     """
     samples = [(step, {k: float(v) for k, v in metrics.items()}) for step, metrics in samples if metrics]
-    if not samples:
-        return
-    if trainer.is_global_zero:
-        for logger in trainer.loggers:
-            if not tb.add_scalars(logger, samples):
-                for step, values in samples:
-                    logger.log_metrics(values, step=step)
+    write_samples(trainer, samples)
     if to_callback_metrics:
-        latest: dict[str, float] = {}
-        for _, values in samples:
-            latest.update((k, v) for k, v in values.items() if math.isfinite(v))
-        callback_metrics = trainer.callback_metrics
-        for key, value in latest.items():
-            callback_metrics[key] = torch.tensor(value)
+        update_callback_metrics(trainer, samples)
+
+
+def write_samples(trainer: pl.Trainer, samples: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+    """Write each ``(step, metrics)`` to every logger at its step; rank zero only, a no-op elsewhere."""
+    if not samples or not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        if not tb.add_scalars(logger, samples):
+            for step, values in samples:
+                logger.log_metrics(dict(values), step=step)
+
+
+def update_callback_metrics(trainer: pl.Trainer, samples: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+    """Put the latest finite value of every key of ``samples`` into ``trainer.callback_metrics``."""
+    latest: dict[str, float] = {}
+    for _, values in samples:
+        latest.update((k, v) for k, v in values.items() if math.isfinite(v))
+    callback_metrics = trainer.callback_metrics
+    for key, value in latest.items():
+        callback_metrics[key] = torch.tensor(value)
 
 
 def log_sample(
