@@ -265,19 +265,20 @@ def run_example(example: _Example, implementation: str, log: Callable[[str], Non
     steps, rounds = s["steps"], s["rounds"]
     torch.set_num_threads(s["threads"])
     started = time.perf_counter()
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    chosen = tuple(s.get("variants", VARIANTS))
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in chosen}
     none_rounds: list[dict[str, float]] = []  # per round: mean of the bracketing 'none' fits
     cold: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix=f"lplr_bench_{example.name}_") as logdir:
         log(f"{example.name}: warm-up")
         _fit(example, "none", s["warmup_steps"], logdir, implementation)
-        for variant in NTK_VARIANTS:
+        for variant in (v for v in NTK_VARIANTS if v in chosen):
             rec = _fit(example, variant, 2, logdir, implementation)
             cold[variant] = {
                 "first_sample_cold_s": rec["ntk_seconds"][0] if rec["ntk_seconds"] else math.nan,
                 "second_sample_s": rec["ntk_seconds"][1] if len(rec["ntk_seconds"]) > 1 else math.nan,
             }
-        others = [v for v in VARIANTS if v != "none"]
+        others = [v for v in chosen if v != "none"]
         for r in range(rounds):
             k = r % len(others)
             order = ["none", *others[k:], *others[:k], "none"]
@@ -312,7 +313,7 @@ def _analyse(
     variants: dict[str, Any] = {}
     ratios: dict[str, Any] = {}
     parts: dict[str, dict[str, float]] = {}
-    for v in VARIANTS:
+    for v in (v for v in VARIANTS if v in runs):
         recs = runs[v]
         per_sample = [c for x in recs for c in x["ntk_seconds"]]
         per_sample_cpu = [c for x in recs for c in x["ntk_cpu_seconds"]]
@@ -361,7 +362,7 @@ def _analyse(
         ratios[v] = r
     step_cpu = base["train_cpu_s"] / steps
     projection: dict[str, Any] = {}
-    for preset in PRESETS:
+    for preset in (p for p in PRESETS if f"lplr_{p}" in runs):
         v = f"lplr_{preset}"
         c_ntk, c_step = parts[v]["c_ntk_cpu"], parts[v]["c_step_cpu"]
         # the first sample's extra (auto's trial), wall time (the warm-up fit is not CPU-clocked)
@@ -474,7 +475,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         plan["cifar_resnet"]["steps"] = args.cifar_steps
     if args.cifar_batch:
         plan["cifar_resnet"]["batch"] = args.cifar_batch
+    variants = tuple(args.variants.split(","))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or "none" not in variants:
+        raise SystemExit(f"--variants={args.variants!r}: pick from {','.join(VARIANTS)}, including 'none'.")
     for p in plan.values():
+        p["variants"] = [v for v in VARIANTS if v in variants]
         if args.rounds:
             p["rounds"] = args.rounds
         if args.threads:
@@ -516,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cifar-batch", type=int, default=0, help="CIFAR batch size (default 128)")
     p.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default MLP 3, CIFAR 1)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default MLP 1, CIFAR 2)")
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants (with none)"
+    )
     p.add_argument(
         "--implementation", default="structured", help="NTK implementation of the monitors (their default)"
     )

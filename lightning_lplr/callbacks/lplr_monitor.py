@@ -45,7 +45,6 @@ from lightning_lplr.functional.rate import (
 from lightning_lplr.functional.spectrum import (
     eigenvalues,
     kernel_distance,
-    operator_norm,
     spectrum_from_eigenvalues,
     spectrum_stats,
 )
@@ -638,7 +637,10 @@ class LPLRMonitor(Callback):
         if kernel0 is None:
             drift = 0.0
         elif world == 1 or rank == 1:
-            drift = operator_norm(kernel - kernel0)
+            # ‖K − K₀‖₂ = max |λ| of the symmetrised difference (kernels are symmetric; rows
+            # gathered from several ranks may differ from their transposes in the last bit).
+            lam = eigenvalues(kernel - kernel0)
+            drift = float(torch.maximum(lam[0].abs(), lam[-1].abs()))
         if world == 1:
             assert eigs is not None
             return eigs, drift
@@ -969,24 +971,25 @@ def _norm_dtype(tensor: Tensor) -> torch.dtype:
 def _grad_norm(optimizer: torch.optim.Optimizer) -> Tensor | None:
     """``‖∇L‖`` of the gradients ``optimizer`` is about to apply, 0-d on the device (no host sync).
 
-    ``None`` when no parameter has a gradient.
-
-    Per-tensor norms in the gradients' own dtype (float32 for half precision): no float64 copy
-    of every gradient, which cost more than a small model's step.
+    ``None`` when no parameter has a gradient. Per-tensor norms by one ``_foreach_norm`` in
+    the gradients' dtype (float32 for half precision, whose squares overflow), then the norm
+    of those: no float64 copy of every gradient, which cost more than a small model's step.
+    Gradients on several devices, of mixed dtypes or sparse take a per-tensor path.
     """
-    grads = [
-        p.grad.detach() for group in optimizer.param_groups for p in group["params"] if p.grad is not None
-    ]
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if not grads:
         return None
     first = grads[0]
     with torch.no_grad():
-        if all(g.dtype == first.dtype and g.device == first.device and not g.is_sparse for g in grads):
-            dtype = _norm_dtype(first)
-            norms = torch._foreach_norm(grads, 2, dtype=dtype if dtype != first.dtype else None)
+        try:
+            norms = torch._foreach_norm(grads, 2, dtype=_norm_dtype(first))
             return torch.linalg.vector_norm(torch.stack(norms))
-        parts = [torch.linalg.vector_norm(g, dtype=_norm_dtype(g)).double().to(first.device) for g in grads]
-        return torch.linalg.vector_norm(torch.stack(parts))
+        except RuntimeError:  # several devices or dtypes, sparse gradients
+            parts = [
+                torch.linalg.vector_norm(g.to_dense(), dtype=_norm_dtype(g)).double().to(first.device)
+                for g in grads
+            ]
+            return torch.linalg.vector_norm(torch.stack(parts))
 
 
 def _stack_float64(values: list[Tensor]) -> Tensor:
