@@ -583,3 +583,109 @@ def test_memory_budget_reaches_the_ntk_and_leaves_values_unchanged():
             assert s1 == s2 and b == pytest.approx(a, rel=1e-5, abs=1e-9), key
     with pytest.raises(ValueError, match="max_memory_bytes=-1"):
         NTKMonitor(max_memory_bytes=-1)
+
+
+# ---------------------------------------------------------------------------- batched path: edges
+class _TensorLrScheduled(SmallNet):
+    """SGD with a tensor step size that a per-step scheduler halves in place."""
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=torch.tensor(0.05))
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_a_tensor_step_size_is_read_at_its_step():
+    """rate/contraction_pred uses each step's own lr although the batch is computed later."""
+    x, y = regression_data(n=16)
+    runs = {}
+    for flush_every in (1, 10):
+        torch.manual_seed(0)
+        monitor = LinearRateMonitor(flush_every=flush_every, rate_min_points=3)
+        _fit(_TensorLrScheduled(), loader(x, y), [monitor], max_steps=12)
+        runs[flush_every] = monitor.history["rate/contraction_pred"]
+    assert len(runs[1]) > 3
+    assert runs[10] == [(s, pytest.approx(v, rel=1e-12)) for s, v in runs[1]]
+
+
+class _TwoOptimizers(SmallNet):
+    """Manual optimization: one optimizer per layer, both stepping in every batch."""
+
+    def __init__(self) -> None:
+        super().__init__(lr=0.05)
+        self.automatic_optimization = False
+        self.full_grad_norm_sq: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        first, second = self.optimizers()
+        xb, yb = batch
+        loss = squared_loss(self(xb), yb)
+        first.zero_grad()
+        second.zero_grad()
+        self.manual_backward(loss)
+        self.full_grad_norm_sq.append(sum(float((p.grad.double() ** 2).sum()) for p in self.parameters()))
+        first.step()
+        second.step()
+        return loss
+
+    def configure_optimizers(self):
+        return [
+            torch.optim.SGD(self.net[0].parameters(), lr=0.05),
+            torch.optim.SGD(self.net[2].parameters(), lr=0.05),
+        ]
+
+
+def test_several_optimizers_in_one_step_measure_the_whole_gradient():
+    x, y = regression_data(n=16)
+    torch.manual_seed(0)
+    model = _TwoOptimizers()
+    monitor = PLMonitor()
+    _fit(model, loader(x, y), [monitor], max_steps=6)
+    ratios = dict(monitor.history["pl/ratio_step"])
+    gaps = dict(monitor.history["pl/gap"])
+    assert ratios
+    for k, (step, ratio) in enumerate(sorted(ratios.items())):
+        # μ̂ = ‖∇L‖² / (2Δ): both optimizers' parameters count.
+        assert 2 * ratio * gaps[step] == pytest.approx(model.full_grad_norm_sq[k], rel=1e-5)
+
+
+def test_sparse_schedules_are_written_within_flush_every_steps():
+    """An NTK sample is visible when its step ends; a sparse step_every within flush_every steps."""
+    x, y = regression_data(n=16)
+    ntk_reader = _ReadsCallbackMetrics("lplr/ntk/lambda_min")
+    _fit(SmallNet(), loader(x, y), [NTKMonitor(ntk_every=10, probe_size=4), ntk_reader], max_steps=12)
+    assert ntk_reader.seen[0][1] is not None  # step 0's sample, at the end of step 0
+    gap_reader = _ReadsCallbackMetrics("lplr/pl/gap")
+    _fit(SmallNet(), loader(x, y), [PLMonitor(step_every=10, flush_every=5), gap_reader], max_steps=12)
+    visible = [t for t, v in gap_reader.seen if v is not None]
+    assert visible[0] <= 4
+
+
+class _FailsAt(SmallNet):
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.fail_step = step
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == self.fail_step:
+            raise RuntimeError("boom")
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_error_in_training_keeps_the_finished_steps_and_the_callback_pickles(tmp_path):
+    import pickle
+
+    x, y = regression_data(n=16)
+    monitor = PLMonitor()  # flush_every=50: nothing written yet when the run fails at step 30
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(max_steps=40, logger=logger))
+    with warnings.catch_warnings(), pytest.raises(RuntimeError, match="boom"):
+        warnings.simplefilter("ignore")
+        trainer.fit(_FailsAt(30), loader(x, y, batch_size=4))
+    assert [s for s, _ in monitor.history["pl/gap"]] == list(range(30))
+    event = next(tmp_path.rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(event.parent), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("lplr/pl/gap")] == list(range(30))
+    # A finished (or failed) run leaves nothing unpicklable behind (ddp_spawn, torch.save).
+    assert pickle.loads(pickle.dumps(monitor)).history == monitor.history

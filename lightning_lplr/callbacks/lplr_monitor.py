@@ -128,9 +128,11 @@ class LPLRMonitor(Callback):
             ``None`` for the preset's. Step 0 (or the first step of the fit) is always sampled.
         step_every: schedule of the step-level PL and rate quantities (default every step).
         flush_every: the step-level quantities are kept on the device during training (no
-            host sync per step) and computed and written in batches of this many steps, each
-            value at its own step; also before every NTK sample, at checkpoints and at the end
-            of training. When another callback (``EarlyStopping``, ``ModelCheckpoint``) or an LR
+            host sync per step) and computed every this many steps, each value written at its
+            own step; also around every NTK sample, at checkpoints and at the end of training
+            (and, in a single process, when training stops on an error). Under DDP a checkpoint
+            computes them with a collective: call ``state_dict()`` on every rank, as Lightning's
+            ``save_checkpoint`` does. When another callback (``EarlyStopping``, ``ModelCheckpoint``) or an LR
             scheduler monitors one of this monitor's keys, every step is written as it ends,
             so they read current values; ``flush_every=1`` does the same for anything else
             that reads ``trainer.callback_metrics`` during training.
@@ -290,7 +292,7 @@ class LPLRMonitor(Callback):
         self._pending: list[_StepRecord] = []
         self._trainer_ref: weakref.ReferenceType[pl.Trainer] | None = None
         self._flush_size = self.flush_every
-        self._outbox: deque[tuple[int, dict[str, float]]] = deque()
+        self._outbox: deque[tuple[tuple[int, dict[str, float]], float]] = deque()
 
     @property
     def state_key(self) -> str:
@@ -380,6 +382,8 @@ class LPLRMonitor(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._trainer_ref = weakref.ref(trainer)
+        self._current, self._pending = None, []  # nothing of an earlier, interrupted fit
+        self._outbox.clear()
         # A callback or scheduler that monitors one of our keys reads trainer.callback_metrics at
         # an epoch or validation boundary: write every step as it ends so it reads current values.
         self._flush_size = 1 if _monitored_keys(trainer) & self._keys() else self.flush_every
@@ -418,9 +422,17 @@ class LPLRMonitor(Callback):
         current = self._current
         if current is None or not current.wants_step:
             return
-        current.grad_norm = _grad_norm(optimizer)
-        current.lr = optimizer.param_groups[0].get("lr", math.nan)
-        current.plain_sgd = _is_plain_sgd(optimizer)
+        norm = _grad_norm(optimizer)
+        if norm is not None:
+            # Several optimizers stepping in one batch (manual optimization) apply disjoint
+            # parts of the gradient: their squared norms add up to the whole one.
+            square = norm.square()
+            current.grad_norm_sq = square if current.grad_norm_sq is None else current.grad_norm_sq + square
+        if current.lr is None:  # the first optimizer's step size and type
+            lr = optimizer.param_groups[0].get("lr", math.nan)
+            # A tensor lr is updated in place by schedulers: keep its value at this step.
+            current.lr = lr.detach().clone() if isinstance(lr, Tensor) else lr
+            current.plain_sgd = _is_plain_sgd(optimizer)
 
     @override
     def on_train_batch_end(
@@ -441,8 +453,11 @@ class LPLRMonitor(Callback):
             return  # gradient accumulation: the optimizer has not stepped yet
         self._current = None
         if current.wants_step or current.probe:
+            current.walltime = time.time()
             self._pending.append(current)
-        if len(self._pending) >= self._flush_size:
+        # Every flush_every steps (not records: a sparse step_every or an NTK-only monitor
+        # would otherwise wait many steps), and at once after an NTK sample.
+        if self._pending and (current.probe or current.step - self._pending[0].step + 1 >= self._flush_size):
             self._flush(trainer)
         if self._outbox:
             self._write(trainer, 1 + len(self._outbox) // self._flush_size)
@@ -451,6 +466,35 @@ class LPLRMonitor(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush(trainer)
         self._write(trainer)
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """Keep what the finished steps measured when the run stops on an error or an interrupt.
+
+        Single process only: with several ranks the flush's collective could wait for a rank
+        that is gone, so those steps are dropped.
+        """
+        if trainer.world_size == 1:
+            try:
+                self._flush(trainer)
+                self._write(trainer)
+            except Exception as err:  # never mask the run's own exception
+                self._warn_once(
+                    "exception_flush", f"{type(self).__name__} could not write its last steps: {err}"
+                )
+        self._current, self._pending = None, []
+        self._outbox.clear()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer_ref = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_trainer_ref"] = None  # a weak reference cannot be pickled (ddp_spawn, torch.save)
+        return state
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -592,8 +636,12 @@ class LPLRMonitor(Callback):
             stats0 = spectrum_stats(self._kernel0, normalize=m)
             self._lambda_min0, self._lambda_max0 = stats0.lambda_min, stats0.lambda_max
         # ‖Θ_0‖₂ = max |λ(Θ_0)|: the extreme eigenvalues of the first sample, kept.
-        norm0 = m * max(abs(self._lambda_min0), abs(self._lambda_max0))
-        drift_op = drift_abs / norm0 if norm0 > 0 else (0.0 if drift_abs == 0 else math.inf)
+        extremes = [abs(v) for v in (self._lambda_min0, self._lambda_max0) if math.isfinite(v)]
+        norm0 = m * max(extremes) if extremes else math.nan
+        if math.isnan(norm0):
+            drift_op = math.nan
+        else:
+            drift_op = drift_abs / norm0 if norm0 > 0 else (0.0 if drift_abs == 0 else math.inf)
         drift_fro = kernel_distance(kernel, self._kernel0, norm="fro")
         radius = _param_distance(trainer_params(pl_module), self._theta0)
         if radius > 0:
@@ -632,15 +680,19 @@ class LPLRMonitor(Callback):
         n = kernel.shape[0]
         eigs: Tensor | None = None
         drift = math.nan
-        if world == 1 or rank == 0:
-            eigs = eigenvalues(kernel)
-        if kernel0 is None:
-            drift = 0.0
-        elif world == 1 or rank == 1:
-            # ‖K − K₀‖₂ = max |λ| of the symmetrised difference (kernels are symmetric; rows
-            # gathered from several ranks may differ from their transposes in the last bit).
-            lam = eigenvalues(kernel - kernel0)
-            drift = float(torch.maximum(lam[0].abs(), lam[-1].abs()))
+        try:
+            if world == 1 or rank == 0:
+                eigs = eigenvalues(kernel)
+            if kernel0 is None:
+                drift = 0.0
+            elif world == 1 or rank == 1:
+                # ‖K − K₀‖₂ = max |λ| of the symmetrised difference (kernels are symmetric; rows
+                # gathered from several ranks may differ from their transposes in the last bit).
+                lam = eigenvalues(kernel - kernel0)
+                drift = float(torch.maximum(lam[0].abs(), lam[-1].abs()))
+        except Exception:  # e.g. out of memory: NaN results, and every rank still meets below
+            eigs = torch.full((n,), math.nan, dtype=torch.float64, device=kernel.device)
+            drift = math.nan
         if world == 1:
             assert eigs is not None
             return eigs, drift
@@ -694,18 +746,19 @@ class LPLRMonitor(Callback):
         return estimate_loss_star(losses, self.loss_star)
 
     def _flush(self, trainer: pl.Trainer) -> None:
-        """Compute, record and write every finished step not yet written, in step order.
+        """Compute and record every finished step not yet computed, in step order; queue the writes.
 
-        Runs at the same steps on every rank (a count of steps, the NTK schedule, epoch and
-        validation boundaries, checkpoints), so its one collective (the mean loss over ranks)
-        is entered by all of them.
+        Runs at the same steps on every rank (every ``flush_every`` steps, around NTK samples,
+        at checkpoints and at the end of training), so its one collective (the mean loss over
+        ranks) is entered by all of them.
         """
         records, self._pending = self._pending, []
         if not records:
             return
         wanted = [r for r in records if r.wants_step]
         step_metrics = self._step_metrics(trainer, wanted) if wanted else {}
-        samples = []
+        samples: list[tuple[int, dict[str, float]]] = []
+        walltimes: list[float] = []
         for record in records:
             metrics = dict(record.probe)
             metrics.update(step_metrics.get(record.step, {}))
@@ -713,9 +766,10 @@ class LPLRMonitor(Callback):
                 continue
             self._record(metrics, record.step)
             samples.append((record.step, {self.prefix + k: float(v) for k, v in metrics.items()}))
+            walltimes.append(record.walltime)
         update_callback_metrics(trainer, samples)
         if trainer.is_global_zero:
-            self._outbox.extend(samples)
+            self._outbox.extend(zip(samples, walltimes, strict=True))
 
     def _write(self, trainer: pl.Trainer, limit: int | None = None) -> None:
         """Write up to ``limit`` (all for ``None``) computed samples to the loggers, oldest first.
@@ -726,7 +780,8 @@ class LPLRMonitor(Callback):
         """
         count = len(self._outbox) if limit is None else min(limit, len(self._outbox))
         if count:
-            write_samples(trainer, [self._outbox.popleft() for _ in range(count)])
+            batch = [self._outbox.popleft() for _ in range(count)]
+            write_samples(trainer, [sample for sample, _ in batch], walltimes=[w for _, w in batch])
 
     def _step_metrics(self, trainer: pl.Trainer, records: list[_StepRecord]) -> dict[int, dict[str, float]]:
         """Step-level PL and rate quantities of ``records`` (in step order), step → metrics."""
@@ -744,9 +799,9 @@ class LPLRMonitor(Callback):
         if trainer.world_size > 1:
             losses_t = trainer.strategy.reduce(losses_t, reduce_op="mean")
         losses = losses_t.cpu().tolist()
-        norms = [r.grad_norm for r in with_loss if r.grad_norm is not None]
-        norm_values = iter((_stack_float64(norms) ** 2).cpu().tolist() if norms else [])
-        grad_norm_sq = [next(norm_values) if r.grad_norm is not None else math.nan for r in with_loss]
+        squares = [r.grad_norm_sq for r in with_loss if r.grad_norm_sq is not None]
+        values = iter(_stack_float64(squares).cpu().tolist() if squares else [])
+        grad_norm_sq = [next(values) if r.grad_norm_sq is not None else math.nan for r in with_loss]
 
         out: dict[int, dict[str, float]] = {}
         rows: list[tuple[int, float, float]] = []  # (end index in the window history, L*, μ) per rate row
@@ -833,7 +888,7 @@ class LPLRMonitor(Callback):
                     "logged; the measured rate still is.",
                 )
                 continue
-            lr = float(record.lr)
+            lr = math.nan if record.lr is None else float(record.lr)
             if math.isfinite(mu) and math.isfinite(lr):
                 beta = self._beta if math.isfinite(self._beta) else None
                 metrics["rate/contraction_pred"] = predicted_contraction(lr, mu, beta)
@@ -957,10 +1012,13 @@ class _StepRecord:
     """Metrics of the NTK/probe sample taken at this step."""
     loss: Tensor | None = None
     """The training loss (summed over micro-batches), detached, on the device."""
-    grad_norm: Tensor | None = None
-    """``‖∇L‖`` the optimizer is about to use, 0-d, on the device."""
-    lr: Any = math.nan
+    grad_norm_sq: Tensor | None = None
+    """``‖∇L‖²`` of the gradients the optimizers are about to apply, 0-d, on the device."""
+    lr: Any = None
+    """The first optimizer's step size at this step (a float, or a 0-d tensor copy)."""
     plain_sgd: bool = False
+    walltime: float = math.nan
+    """When the step ended (``time.time()``), the wall time of its logged events."""
 
 
 def _norm_dtype(tensor: Tensor) -> torch.dtype:
@@ -984,7 +1042,7 @@ def _grad_norm(optimizer: torch.optim.Optimizer) -> Tensor | None:
         try:
             norms = torch._foreach_norm(grads, 2, dtype=_norm_dtype(first))
             return torch.linalg.vector_norm(torch.stack(norms))
-        except RuntimeError:  # several devices or dtypes, sparse gradients
+        except (RuntimeError, TypeError):  # several devices or dtypes, sparse; TypeError: torch < 2.4
             parts = [
                 torch.linalg.vector_norm(g.to_dense(), dtype=_norm_dtype(g)).double().to(first.device)
                 for g in grads

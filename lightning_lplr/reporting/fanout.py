@@ -55,12 +55,21 @@ def log_samples(
         update_callback_metrics(trainer, samples)
 
 
-def write_samples(trainer: pl.Trainer, samples: Sequence[tuple[int, Mapping[str, float]]]) -> None:
-    """Write each ``(step, metrics)`` to every logger at its step; rank zero only, a no-op elsewhere."""
+def write_samples(
+    trainer: pl.Trainer,
+    samples: Sequence[tuple[int, Mapping[str, float]]],
+    *,
+    walltimes: Sequence[float] | None = None,
+) -> None:
+    """Write each ``(step, metrics)`` to every logger at its step; rank zero only, a no-op elsewhere.
+
+    ``walltimes`` (seconds since the epoch, one per sample) date the TensorBoard events when the
+    samples are written after their steps ended; other loggers keep their own clock.
+    """
     if not samples or not trainer.is_global_zero:
         return
     for logger in trainer.loggers:
-        if not tb.add_scalars(logger, samples):
+        if not tb.add_scalars(logger, samples, walltimes=walltimes):
             for step, values in samples:
                 logger.log_metrics(dict(values), step=step)
 
