@@ -100,6 +100,16 @@ def environment() -> dict[str, Any]:
     }
 
 
+def header(benchmark: str, quick: bool) -> dict[str, Any]:
+    """The fields every benchmark's JSON starts with: its name, schema, mode and machine."""
+    return {
+        "benchmark": benchmark,
+        "schema_version": SCHEMA_VERSION,
+        "quick": quick,
+        "environment": environment(),
+    }
+
+
 def load_average() -> list[float]:
     """The 1/5/15-minute load averages (empty where unavailable)."""
     try:

@@ -543,12 +543,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cfg["probe"] = args.probe
     if args.fit_steps:
         cfg["fit_steps"] = args.fit_steps
-    result: dict[str, Any] = {
-        "benchmark": "ddp",
-        "schema_version": _timing.SCHEMA_VERSION,
-        "quick": args.quick,
-        "environment": _timing.environment(),
-    }
+    result: dict[str, Any] = _timing.header("ddp", args.quick)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lplr_bench_ddp_") as outdir:
         mp.spawn(_worker, args=(cfg, _free_port(), _free_port(), outdir), nprocs=2, join=True)

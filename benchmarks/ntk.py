@@ -450,9 +450,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.repeats = min(args.repeats, 2)
     in_process = args.quick
     result: dict[str, Any] = {
-        "benchmark": "ntk",
-        "schema_version": 1,
-        "environment": _timing.environment(),
+        **_timing.header("ntk", args.quick),
         "settings": {
             "quick": args.quick,
             "repeats": args.repeats,

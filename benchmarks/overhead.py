@@ -486,10 +486,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.threads:
             p["threads"] = args.threads
     result: dict[str, Any] = {
-        "benchmark": "overhead",
-        "schema_version": _timing.SCHEMA_VERSION,
-        "quick": args.quick,
-        "environment": _timing.environment(),
+        **_timing.header("overhead", args.quick),
         "settings": {"implementation": args.implementation, "plan": plan},
         "examples": {},
     }

@@ -275,6 +275,19 @@ def test_lower_envelope_matches_functional_on_window(window: int | None) -> None
     assert env.num_skipped == 3
 
 
+def _continue_in_step(original: LowerEnvelope, resumed: LowerEnvelope, values: list[float]) -> None:
+    """Feed both envelopes the same values: they agree after every one, and on their final state."""
+    for v in values:
+        original.update(v)
+        resumed.update(v)
+        assert (resumed.minimum, resumed.quantile_value, resumed.count) == (
+            original.minimum,
+            original.quantile_value,
+            original.count,
+        )
+    assert resumed.state_dict() == original.state_dict()
+
+
 def test_lower_envelope_state_dict_resumes_exactly() -> None:
     rng = np.random.default_rng(2)
     stream = [*rng.exponential(size=30).tolist(), math.nan]
@@ -284,15 +297,7 @@ def test_lower_envelope_state_dict_resumes_exactly() -> None:
     state = json.loads(json.dumps(original.state_dict()))  # plain python containers only
     resumed = LowerEnvelope(window=10, quantile=0.1)
     resumed.load_state_dict(state)
-    for v in stream[17:]:
-        original.update(v)
-        resumed.update(v)
-        assert (resumed.minimum, resumed.quantile_value, resumed.count) == (
-            original.minimum,
-            original.quantile_value,
-            original.count,
-        )
-    assert resumed.state_dict() == original.state_dict()
+    _continue_in_step(original, resumed, stream[17:])
     # A smaller window keeps the newest values; missing keys give an empty envelope.
     small = LowerEnvelope(window=2)
     small.load_state_dict(state)
@@ -356,15 +361,7 @@ def test_lower_envelope_state_round_trip_then_continuing_is_identical(window: in
     resumed.update(123.0)  # loading replaces whatever was there
     resumed.load_state_dict(state)
     assert (resumed.minimum, resumed.quantile_value) == (original.minimum, original.quantile_value)
-    for v in stream[150:]:
-        original.update(v)
-        resumed.update(v)
-        assert (resumed.minimum, resumed.quantile_value, resumed.count) == (
-            original.minimum,
-            original.quantile_value,
-            original.count,
-        )
-    assert resumed.state_dict() == original.state_dict()
+    _continue_in_step(original, resumed, stream[150:])
 
 
 @pytest.mark.parametrize("window", [0, -3, 2.5, True], ids=repr)

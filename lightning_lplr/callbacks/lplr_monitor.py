@@ -14,7 +14,7 @@ import math
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -726,7 +726,7 @@ class LPLRMonitor(Callback):
             grads = torch.func.grad(lambda p: loss_fn(fn(p, x), y))(params)
             grad_norm_sq = float(sum((v.double() ** 2).sum() for v in grads.values()))
         self._probe_losses.append((t, loss_value))
-        loss_star = self._loss_star([v for _, v in self._probe_losses], [s for s, _ in self._probe_losses])
+        loss_star = self._loss_star(self._probe_losses)
         gap = loss_value - loss_star
         metrics = {"pl/ratio_probe": pl_ratio(grad_norm_sq, gap)}
         if kernel is not None and self.kind == "full" and gap > 0:
@@ -736,14 +736,18 @@ class LPLRMonitor(Callback):
         return metrics
 
     # ------------------------------------------------------------------ step-level PL and rate
-    def _loss_star(self, losses: list[float], steps: list[int]) -> float:
+    def _loss_star(self, window: Iterable[tuple[int, float]], running_min: float | None = None) -> float:
+        """``L*`` for a window of ``(step, loss)``; ``running_min`` is the lowest loss of the run so far."""
         if self.loss_star == "running_min":
-            return estimate_loss_star([min(losses)], "running_min", margin=self.loss_star_margin)
+            lowest = min(v for _, v in window) if running_min is None else running_min
+            return estimate_loss_star([lowest], "running_min", margin=self.loss_star_margin)
         if self.loss_star == "fit":
+            steps = [s for s, _ in window]
+            losses = [v for _, v in window]
             if len(losses) < 4:
                 return 0.0 if not losses else min(losses) - abs(min(losses)) * self.loss_star_margin
             return estimate_loss_star(losses, "fit", steps=steps)
-        return estimate_loss_star(losses, self.loss_star)
+        return estimate_loss_star((), self.loss_star)  # "zero" or a number: the losses are not read
 
     def _flush(self, trainer: pl.Trainer) -> None:
         """Compute and record every finished step not yet computed, in step order; queue the writes.
@@ -815,15 +819,7 @@ class LPLRMonitor(Callback):
             self._window.append((t, loss_value))
             history.append((t, loss_value))
             self._running_min = min(self._running_min, loss_value)
-            if self.loss_star == "running_min":
-                margin = self.loss_star_margin
-                loss_star = estimate_loss_star([self._running_min], "running_min", margin=margin)
-            elif self.loss_star == "zero":
-                loss_star = 0.0
-            elif not isinstance(self.loss_star, str):
-                loss_star = float(self.loss_star)
-            else:
-                loss_star = self._loss_star([v for _, v in self._window], [s for s, _ in self._window])
+            loss_star = self._loss_star(self._window, self._running_min)
             gap = loss_value - loss_star
             metrics: dict[str, float] = {"pl/gap": gap}
             if gap <= 0:

@@ -516,12 +516,7 @@ def resolve_implementation(
         >>> chosen in set(NTKImplementation) - {NTKImplementation.AUTO}
         True
     """
-    kind = _enum_value(NTKKind, kind, "kind")
-    _check_positive("chunk_size", chunk_size)
-    _check_positive("max_memory_bytes", max_memory_bytes)
-    problem = _Problem(model, params, x1, x2)
-    x1 = x1.to(problem.device)
-    x2 = None if x2 is None else x2.to(problem.device)
+    problem, kind, x1, x2 = _prepare(model, params, x1, x2, kind, chunk_size, max_memory_bytes)
     return _resolve(problem, kind, x1, x2, chunk_size, max_memory_bytes)[0]
 
 
@@ -716,6 +711,25 @@ def _assemble(
     return out
 
 
+def _prepare(
+    model: Any,
+    params: Any,
+    x1: Tensor,
+    x2: Tensor | None,
+    kind: Any,
+    chunk_size: int | None,
+    max_memory_bytes: int | None,
+) -> tuple[_Problem, NTKKind, Tensor, Tensor | None]:
+    """The checked arguments shared by :func:`empirical_ntk` and :func:`resolve_implementation`."""
+    kind = _enum_value(NTKKind, kind, "kind")
+    _check_positive("chunk_size", chunk_size)
+    _check_positive("max_memory_bytes", max_memory_bytes)
+    problem = _Problem(model, params, x1, x2)
+    x1 = x1.to(problem.device)
+    x2 = None if x2 is None else x2.to(problem.device)
+    return problem, kind, x1, x2
+
+
 def _check_positive(name: str, value: Any) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         what = "chunking" if name == "chunk_size" else "no memory budget"
@@ -790,13 +804,8 @@ def empirical_ntk(
         >>> torch.allclose(k_s, expected)
         True
     """
-    kind = _enum_value(NTKKind, kind, "kind")
     implementation = _enum_value(NTKImplementation, implementation, "implementation")
-    _check_positive("chunk_size", chunk_size)
-    _check_positive("max_memory_bytes", max_memory_bytes)
-    problem = _Problem(model, params, x1, x2)
-    x1 = x1.to(problem.device)
-    x2 = None if x2 is None else x2.to(problem.device)
+    problem, kind, x1, x2 = _prepare(model, params, x1, x2, kind, chunk_size, max_memory_bytes)
     m1 = x1.shape[0]
     m2 = m1 if x2 is None else x2.shape[0]
     if implementation is NTKImplementation.AUTO:

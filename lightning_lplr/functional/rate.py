@@ -119,23 +119,10 @@ def _fit_line(x: np.ndarray, y: np.ndarray) -> _LineFit:
 
     ``r2 = 1 − SSE/SST``. When ``y`` is constant up to round-off (``SST`` at the level
     of float64 resolution) the constant line fits exactly: ``slope = 0``, ``r2 = 1``.
+    One row of :func:`_fit_lines`, so the scalar and row-wise fits are the same arithmetic.
     """
-    x_mean = float(x.mean())
-    y_mean = float(y.mean())
-    dx = x - x_mean
-    dy = y - y_mean
-    sxx = float(dx @ dx)
-    sst = float(dy @ dy)
-    # All x equal: ``x_mean`` may be off by round-off (e.g. 3 × 0.1), leaving sxx tiny but > 0.
-    if not sxx > 0 or x.min() == x.max():
-        return _LineFit(math.nan, math.nan, math.nan, math.nan)
-    resolution = 64 * np.finfo(np.float64).eps * max(1.0, float(np.abs(y).max()))
-    if sst <= y.shape[0] * resolution**2:
-        return _LineFit(0.0, y_mean, 1.0, 0.0)
-    slope = float(dx @ dy) / sxx
-    residual = dy - slope * dx
-    sse = float(residual @ residual)
-    return _LineFit(slope, y_mean - slope * x_mean, max(0.0, 1.0 - sse / sst), sse)
+    fits = _fit_lines(x[None, :], y[None, :], np.ones((1, x.shape[0]), dtype=bool))
+    return _LineFit(*(float(v[0]) for v in fits))
 
 
 class LinearRateFit(NamedTuple):
@@ -393,7 +380,7 @@ class _LineFits(NamedTuple):
 def _fit_lines(x: np.ndarray, y: np.ndarray, keep: np.ndarray) -> _LineFits:
     """Row-wise :func:`_fit_line` over the entries ``keep`` marks (weights 0/1, centred sums).
 
-    Row ``b`` agrees with ``_fit_line(x[b, keep[b]], y[b, keep[b]])`` up to round-off,
+    Row ``b`` is ``_fit_line(x[b, keep[b]], y[b, keep[b]])`` (which calls this with one row),
     with NaN fields where that returns NaN (fewer than two points, or all at one ``x``).
     """
     weight = keep.astype(np.float64)

@@ -23,36 +23,7 @@ import torch
 
 from lightning_lplr.reporting import tensorboard as tb
 
-__all__ = ["log_sample", "log_samples", "update_callback_metrics", "write_samples"]
-
-
-def log_samples(
-    trainer: pl.Trainer,
-    samples: Sequence[tuple[int, Mapping[str, float]]],
-    *,
-    to_callback_metrics: bool = True,
-) -> None:
-    """Log each ``(step, metrics)`` to all loggers (rank zero) and the latest values to ``callback_metrics``.
-
-    Args:
-        trainer: the running trainer.
-        samples: ``(step, full key → float)`` pairs in step order; each is written at its own
-            step. Non-finite values are written as they are (loggers accept NaN), so a reader
-            sees that a quantity was undefined at that step.
-        to_callback_metrics: also expose the latest finite value of every key in
-            ``trainer.callback_metrics`` (on every rank).
-
-    Example:
-        >>> from lightning.pytorch import Trainer
-        >>> trainer = Trainer(logger=False, enable_progress_bar=False)
-        >>> log_samples(trainer, [(0, {"lplr/pl/gap": 2.0}), (1, {"lplr/pl/gap": 1.0})])
-        >>> float(trainer.callback_metrics["lplr/pl/gap"])
-        1.0
-    """
-    samples = [(step, {k: float(v) for k, v in metrics.items()}) for step, metrics in samples if metrics]
-    write_samples(trainer, samples)
-    if to_callback_metrics:
-        update_callback_metrics(trainer, samples)
+__all__ = ["update_callback_metrics", "write_samples"]
 
 
 def write_samples(
@@ -63,8 +34,10 @@ def write_samples(
 ) -> None:
     """Write each ``(step, metrics)`` to every logger at its step; rank zero only, a no-op elsewhere.
 
-    ``walltimes`` (seconds since the epoch, one per sample) date the TensorBoard events when the
-    samples are written after their steps ended; other loggers keep their own clock.
+    Non-finite values are written as they are (loggers accept NaN), so a reader sees that a
+    quantity was undefined at that step. ``walltimes`` (seconds since the epoch, one per sample)
+    date the TensorBoard events when the samples are written after their steps ended; other
+    loggers keep their own clock.
     """
     if not samples or not trainer.is_global_zero:
         return
@@ -75,21 +48,18 @@ def write_samples(
 
 
 def update_callback_metrics(trainer: pl.Trainer, samples: Sequence[tuple[int, Mapping[str, float]]]) -> None:
-    """Put the latest finite value of every key of ``samples`` into ``trainer.callback_metrics``."""
+    """Put the latest finite value of every key of ``samples`` into ``trainer.callback_metrics``.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> trainer = Trainer(logger=False, enable_progress_bar=False)
+        >>> update_callback_metrics(trainer, [(0, {"lplr/pl/gap": 2.0}), (1, {"lplr/pl/gap": 1.0})])
+        >>> float(trainer.callback_metrics["lplr/pl/gap"])
+        1.0
+    """
     latest: dict[str, float] = {}
     for _, values in samples:
         latest.update((k, v) for k, v in values.items() if math.isfinite(v))
     callback_metrics = trainer.callback_metrics
     for key, value in latest.items():
         callback_metrics[key] = torch.tensor(value)
-
-
-def log_sample(
-    trainer: pl.Trainer,
-    metrics: Mapping[str, float],
-    step: int,
-    *,
-    to_callback_metrics: bool = True,
-) -> None:
-    """Log one sample: :func:`log_samples` with a single ``(step, metrics)``."""
-    log_samples(trainer, [(step, metrics)], to_callback_metrics=to_callback_metrics)
