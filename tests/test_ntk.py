@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightning_lplr.functional import _structured, ntk
+from lightning_lplr.functional._problem import Problem
 from lightning_lplr.functional.ntk import NTKImplementation, NTKKind, empirical_ntk, resolve_implementation
 from tests._models import CASES, Case, case, mlp
 
@@ -356,7 +357,7 @@ def test_rng_and_no_grad_context(implementation: NTKImplementation) -> None:
 
 def _plan_of(c: Case) -> dict[str, str]:
     """``param key -> how the structured implementation treats it``."""
-    problem = ntk._Problem(c.model, c.params, c.x1, None)
+    problem = Problem(c.model, c.params, c.x1, None)
     plan = _structured.Structured(problem, NTKKind.FULL).plan
     where = {k: layer.type for layer in plan.layers for k in layer.attrs.values()}
     where.update({k: "fallback" for k in plan.fallback})
@@ -425,12 +426,12 @@ def test_structured_both_layer_forms(
 
 def test_layer_cost_formula_picks_the_cheaper_form() -> None:
     """Gram for wide Linear layers with T = 1; per-sample gradients for convolutions with many positions."""
-    problem = ntk._Problem(mlp(784, 512, 10), None, torch.randn(3, 784), None)
+    problem = Problem(mlp(784, 512, 10), None, torch.randn(3, 784), None)
     backend = _structured.Structured(problem, NTKKind.FULL)
     backend.configure(64, 64)
     assert set(backend.modes.values()) == {"gram"}
     conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Flatten(), nn.Linear(16 * 32 * 32, 10))
-    problem = ntk._Problem(conv, None, torch.randn(3, 3, 32, 32), None)
+    problem = Problem(conv, None, torch.randn(3, 3, 32, 32), None)
     backend = _structured.Structured(problem, NTKKind.FULL)
     backend.configure(32, 32)
     assert [backend.modes[layer.index] for layer in backend.plan.layers] == ["grad", "gram"]
@@ -457,7 +458,7 @@ def test_memory_budget_chunks_without_changing_the_kernel(
 
     monkeypatch.setattr(ntk, "_assemble", spy)
     full = empirical_ntk(c.model, c.x1, implementation=implementation)
-    backend = ntk._BACKENDS[implementation](ntk._Problem(c.model, None, c.x1, None), NTKKind.FULL)
+    backend = ntk._BACKENDS[implementation](Problem(c.model, None, c.x1, None), NTKKind.FULL)
     out_bytes = 7 * 7 * 100 * 8
     # Room for blocks of 3 samples, not of 4 (chunks are sized to a fraction of the budget).
     budget = math.ceil((backend.memory_bytes(3, 3) + out_bytes) / ntk._BUDGET_MARGIN)
@@ -492,7 +493,7 @@ def test_auto_times_once_and_respects_the_budget(monkeypatch: pytest.MonkeyPatch
     assert resolve_implementation(case("mlp10").model, c.x1) is first  # same architecture: cached
     assert len(trials) == 1 and set(trials[0]) == set(IMPLEMENTATIONS)
     # A budget that only the structured implementation can meet (one sample per chunk).
-    problem = ntk._Problem(c.model, None, c.x1, None)
+    problem = Problem(c.model, None, c.x1, None)
     est = {i: ntk._BACKENDS[i](problem, NTKKind.FULL).memory_bytes(1, 1) for i in IMPLEMENTATIONS}
     s = NTKImplementation.STRUCTURED
     assert est[s] < min(v for i, v in est.items() if i is not s)

@@ -45,38 +45,22 @@ triangle only.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import weakref
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vjp, vmap
-from torch.nn.modules.module import register_module_forward_hook
 
-if TYPE_CHECKING:
-    from lightning_lplr.functional.ntk import _Problem
+from lightning_lplr.functional._problem import Problem, global_forward_hook
 
 _LINEAR, _CONV2D, _BATCHNORM, _LOCAL = "linear", "conv2d", "batchnorm", "local"
 _GRAM, _GRAD = "gram", "grad"
-_PLAN_SAMPLES = 3
-"""Samples in the forward that discovers and verifies the plan (>= 2 exposes batch mixing)."""
 _PLAN_CACHE_SIZE = 32
-
-
-@contextlib.contextmanager
-def global_forward_hook(hook: Callable[..., Any]) -> Iterator[None]:
-    """Install ``hook(module, args, kwargs, output)`` on every module call for the duration."""
-    handle = register_module_forward_hook(hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 class _PlanMismatchError(Exception):
@@ -131,7 +115,7 @@ def clear_plan_cache() -> None:
     _PLANS.clear()
 
 
-def _model_identity(problem: _Problem) -> tuple[Any, ...]:
+def _model_identity(problem: Problem) -> tuple[Any, ...]:
     """Identity of the model object(s): plans hold weak references to modules of exactly these."""
     if problem.module is not None:
         return ("module", id(problem.module))
@@ -318,7 +302,7 @@ class Structured:
         (torch.Size([30, 30]), True)
     """
 
-    def __init__(self, problem: _Problem, kind: Any) -> None:
+    def __init__(self, problem: Problem, kind: Any) -> None:
         self.problem = problem
         self.kind = str(getattr(kind, "value", kind))
         self.pseudo = self.kind == "pseudo"
@@ -561,7 +545,7 @@ def _gram_diag(kd: Tensor, g1: _Gram, g2: _Gram) -> None:
 
 
 def _hooked_forward(
-    problem: _Problem, plan: _Plan, x: Tensor
+    problem: Problem, plan: _Plan, x: Tensor
 ) -> tuple[Tensor, dict[int, Tensor], dict[int, Tensor], dict[int, dict[str, Tensor]]]:
     """Batched outputs ``(b, O)`` with a zero added at every planned layer output.
 
@@ -617,7 +601,7 @@ class _Call:
     attrs: dict[str, str]
 
 
-def _build_plan(problem: _Problem) -> _Plan:
+def _build_plan(problem: Problem) -> _Plan:
     xs = problem.sample
     b = xs.shape[0]
     params = problem.params
@@ -692,7 +676,7 @@ def _build_plan(problem: _Problem) -> _Plan:
     return _Plan(layers, fallback, max(1, activations // b))
 
 
-def _verified(problem: _Problem, plan: _Plan) -> list[_Layer]:
+def _verified(problem: Problem, plan: _Plan) -> list[_Layer]:
     """The layers whose structured per-sample gradient matches autograd on one sample."""
     if not plan.layers:
         return []

@@ -33,10 +33,10 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, jvp, vjp, vmap
+from torch.func import jacrev, jvp, vjp, vmap
 
 from lightning_lplr.functional import _structured
-from lightning_lplr.functional._structured import global_forward_hook
+from lightning_lplr.functional._problem import ModelFn, Problem, trainable_params
 
 __all__ = [
     "ModelFn",
@@ -47,9 +47,6 @@ __all__ = [
     "resolve_implementation",
     "trainable_params",
 ]
-
-ModelFn = Callable[[dict[str, Tensor], Tensor], Tensor]
-"""A functional model ``f(params, x) -> outputs`` over a batch ``x``."""
 
 
 class NTKKind(str, Enum):
@@ -127,23 +124,6 @@ def _enum_value(enum_cls: type[Enum], value: Any, argument: str) -> Any:
         raise ValueError(f"{argument}={value!r} is not a known {argument}; pass one of {allowed}.") from None
 
 
-def trainable_params(model: nn.Module) -> dict[str, Tensor]:
-    """Detached copies (views, no data copied) of a module's trainable parameters.
-
-    Args:
-        model: any ``nn.Module``.
-
-    Returns:
-        Dict ``name -> tensor`` over the parameters with ``requires_grad=True``, in
-        ``named_parameters`` order, each detached from autograd.
-
-    Example:
-        >>> sorted(trainable_params(nn.Linear(3, 2)))
-        ['bias', 'weight']
-    """
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-
-
 @contextlib.contextmanager
 def _full_precision() -> Iterator[None]:
     """Switch TF32 off for the duration (kernels must be exact float32 or float64)."""
@@ -159,142 +139,6 @@ def _full_precision() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = old_matmul
         torch.backends.cudnn.allow_tf32 = old_cudnn
         torch.set_float32_matmul_precision(old_precision)
-
-
-def _sample_mixing_modules(module: nn.Module) -> list[str]:
-    """Submodules whose output for one sample depends on the others or on the RNG."""
-    bad = []
-    for name, m in module.named_modules():
-        mixes = isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats)
-        random = isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0
-        if mixes or random:
-            bad.append(f"{name or '<root>'} ({type(m).__name__})")
-    return bad
-
-
-class _Problem:
-    """A model reduced to ``fn(params, x_batch) -> (b, O)`` plus the parameters to differentiate."""
-
-    def __init__(
-        self,
-        model: nn.Module | ModelFn,
-        params: Mapping[str, Tensor] | None,
-        x1: Tensor,
-        x2: Tensor | None,
-    ) -> None:
-        if isinstance(model, nn.Module):
-            module = model
-            if params is None:
-                params = trainable_params(module)
-
-            def call(p: dict[str, Tensor], x: Tensor) -> Any:
-                return functional_call(module, p, (x,))
-
-            self.module: nn.Module | None = module
-        elif callable(model):
-            if params is None:
-                raise ValueError(
-                    "params=None but model is a plain callable f(params, x); "
-                    "pass params=dict(name -> tensor)."
-                )
-            call = model  # type: ignore[assignment]
-            self.module = None
-        else:
-            raise TypeError(
-                f"model must be an nn.Module or a callable f(params, x); got {type(model).__name__}."
-            )
-        if not isinstance(params, Mapping):
-            raise TypeError(f"params must be a dict name -> tensor; got {type(params).__name__}.")
-        for name, value in params.items():
-            if not isinstance(value, Tensor):
-                raise TypeError(
-                    f"params[{name!r}] is a {type(value).__name__}; every value must be a tensor."
-                )
-        self.params: dict[str, Tensor] = {k: v.detach() for k, v in params.items()}
-        if not self.params:
-            raise ValueError(
-                "model has no trainable parameters (none with requires_grad=True): the NTK is empty. "
-                "Unfreeze at least one parameter or pass params= explicitly."
-            )
-        first = next(iter(self.params.values()))
-        self.device = first.device
-        self.dtype = first.dtype
-        self.itemsize = first.element_size()
-        for arg, x in (("x1", x1), ("x2", x2)):
-            if x is None:
-                continue
-            if not isinstance(x, Tensor):
-                raise TypeError(f"{arg} must be a tensor of shape (m, *input_shape); got {type(x).__name__}.")
-            if x.ndim < 1 or x.shape[0] == 0:
-                raise ValueError(
-                    f"{arg} has shape {tuple(x.shape)}; it needs a leading sample dimension with m >= 1."
-                )
-        if x2 is not None and x1.shape[1:] != x2.shape[1:]:
-            raise ValueError(
-                f"x1 and x2 must share their trailing (per-sample) shape; got x1 {tuple(x1.shape)} and "
-                f"x2 {tuple(x2.shape)}. Pass probes of the same input shape."
-            )
-        if self.module is not None:
-            mixing = _sample_mixing_modules(self.module)
-            if mixing:
-                raise ValueError(
-                    f"model has modules that mix or randomise samples: {', '.join(mixing)}. "
-                    "The empirical NTK "
-                    "is a per-sample quantity, and a forward in this mode would also update running "
-                    "statistics. Call model.eval() first (and model.train() afterwards)."
-                )
-        self.call = call
-        self.sample = x1[: _structured._PLAN_SAMPLES].to(self.device)
-        # One evaluation on a single sample fixes the output size, checks the output type and
-        # measures activations (leaf-module outputs) for the memory estimates.
-        sizes: list[int] = []
-
-        def measure(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-            if isinstance(output, Tensor) and next(module.children(), None) is None:
-                sizes.append(output.numel())
-
-        with torch.no_grad(), global_forward_hook(measure):
-            out = call(self.params, self.sample[:1])
-        if not isinstance(out, Tensor):
-            raise TypeError(
-                f"the model returned a {type(out).__name__}, not a tensor; the NTK needs the model output as "
-                "a tensor of shape (batch, *out). Wrap the model, e.g. lambda p, x: f(p, x)['logits']."
-            )
-        if out.ndim == 0 or out.shape[0] != 1:
-            raise ValueError(
-                f"the model output for a batch of 1 has shape {tuple(out.shape)}; expected (1, *out) or (1,)."
-            )
-        self.num_outputs = int(math.prod(out.shape[1:]))
-        self.activation_numel = max(sum(sizes), self.num_outputs, 1)
-        self.max_activation_numel = max([*sizes, self.num_outputs, 1])
-
-    def batched(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
-        """Outputs of a batch, flattened to ``(b, O)``."""
-        out = self.call(p, x)
-        return out.reshape(out.shape[0], -1)
-
-    def single(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
-        """Outputs of one sample (no batch dimension), flattened to ``(O,)``."""
-        return self.batched(p, x.unsqueeze(0)).reshape(-1)
-
-    def pseudo_batched(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
-        """The pNTK's scalar model ``Σ_a f_a / √O`` as ``(b, 1)``."""
-        return self.batched(p, x).sum(dim=1, keepdim=True) / math.sqrt(self.num_outputs)
-
-    def pseudo_single(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return self.pseudo_batched(p, x.unsqueeze(0)).reshape(-1)
-
-    def parameter_count(self) -> int:
-        return sum(v.numel() for v in self.params.values())
-
-    def architecture(self) -> tuple[Any, ...]:
-        """A hashable description of the model's structure (not of its values) for caches."""
-        sig = tuple((k, tuple(v.shape), v.dtype) for k, v in self.params.items())
-        if self.module is not None:
-            modules = tuple((n, type(m).__qualname__, m.training) for n, m in self.module.named_modules())
-            return ("module", type(self.module).__qualname__, modules, sig)
-        code = getattr(self.call, "__code__", None)
-        return ("callable", code if code is not None else type(self.call).__qualname__, sig)
 
 
 class _Backend(Protocol):
@@ -321,7 +165,7 @@ def _pairs(kind: NTKKind, outputs: int) -> int:
 
 
 class _JacobianContraction:
-    def __init__(self, problem: _Problem, kind: NTKKind) -> None:
+    def __init__(self, problem: Problem, kind: NTKKind) -> None:
         self.problem = problem
         self.kind = kind
         self.single = problem.pseudo_single if kind is NTKKind.PSEUDO else problem.single
@@ -357,7 +201,7 @@ class _JacobianContraction:
 
 
 class _NTKVectorProducts:
-    def __init__(self, problem: _Problem, kind: NTKKind) -> None:
+    def __init__(self, problem: Problem, kind: NTKKind) -> None:
         self.problem = problem
         self.kind = kind
         self.outputs = 1 if kind is NTKKind.PSEUDO else problem.num_outputs
@@ -402,14 +246,14 @@ class _NTKVectorProducts:
         return diag.mean(dim=2) if self.kind is NTKKind.TRACE else diag
 
 
-_BACKENDS: dict[NTKImplementation, Callable[[_Problem, NTKKind], _Backend]] = {
+_BACKENDS: dict[NTKImplementation, Callable[[Problem, NTKKind], _Backend]] = {
     NTKImplementation.JACOBIAN_CONTRACTION: _JacobianContraction,
     NTKImplementation.NTK_VECTOR_PRODUCTS: _NTKVectorProducts,
     NTKImplementation.STRUCTURED: _structured.Structured,
 }
 
 
-def _output_bytes(problem: _Problem, kind: NTKKind, m1: int, m2: int) -> int:
+def _output_bytes(problem: Problem, kind: NTKKind, m1: int, m2: int) -> int:
     o = problem.num_outputs
     numbers = {NTKKind.FULL: m1 * m2 * o * o, NTKKind.DIAGONAL: m1 * m2 * o}.get(kind, m1 * m2)
     return numbers * problem.itemsize
@@ -448,7 +292,7 @@ def _available_memory(device: torch.device) -> int | None:
 
 def _plan_chunks(
     backend: _Backend,
-    problem: _Problem,
+    problem: Problem,
     kind: NTKKind,
     m1: int,
     m2: int,
@@ -473,7 +317,7 @@ def _plan_chunks(
 
 
 def _run(
-    backend: _Backend, problem: _Problem, kind: NTKKind, x1: Tensor, x2: Tensor | None, chunk: int | None
+    backend: _Backend, problem: Problem, kind: NTKKind, x1: Tensor, x2: Tensor | None, chunk: int | None
 ) -> Tensor:
     m1 = x1.shape[0]
     m2 = m1 if x2 is None else x2.shape[0]
@@ -521,7 +365,7 @@ def resolve_implementation(
 
 
 def _resolve(
-    problem: _Problem,
+    problem: Problem,
     kind: NTKKind,
     x1: Tensor,
     x2: Tensor | None,
@@ -581,7 +425,7 @@ def _resolve(
 
 
 def _timed_trial(
-    problem: _Problem,
+    problem: Problem,
     kind: NTKKind,
     x1: Tensor,
     x2: Tensor | None,
@@ -719,12 +563,12 @@ def _prepare(
     kind: Any,
     chunk_size: int | None,
     max_memory_bytes: int | None,
-) -> tuple[_Problem, NTKKind, Tensor, Tensor | None]:
+) -> tuple[Problem, NTKKind, Tensor, Tensor | None]:
     """The checked arguments shared by :func:`empirical_ntk` and :func:`resolve_implementation`."""
     kind = _enum_value(NTKKind, kind, "kind")
     _check_positive("chunk_size", chunk_size)
     _check_positive("max_memory_bytes", max_memory_bytes)
-    problem = _Problem(model, params, x1, x2)
+    problem = Problem(model, params, x1, x2)
     x1 = x1.to(problem.device)
     x2 = None if x2 is None else x2.to(problem.device)
     return problem, kind, x1, x2
