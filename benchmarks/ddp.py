@@ -1,13 +1,13 @@
 """DDP benchmark of the monitor's NTK: per-rank time of one NTK sample at world size 1 and 2 (issue 4).
 
-Part 1 — one NTK sample exactly as the callback takes it: ``LPLRMonitor._sample_probe`` (the
-sharded kernel of ``_kernel``/``_gather_rows``, then ``_ntk_metrics`` with its two
-eigendecompositions split over the ranks by ``_spectra``, then the probe PL ratio and ``μ_NTK``
-of ``_probe_pl_metrics``), on plain ``torch.multiprocessing.spawn`` workers joined in a gloo
-group. The callback reaches the collectives through ``trainer.strategy``; here a small adapter
-gives it Lightning's ``DDPStrategy`` semantics on that group (``reduce``: a barrier then an
-all-reduce; ``all_gather``: ``torch.distributed.nn.functional.all_gather`` then ``stack``), so
-the code timed is the callback's own, not a copy.
+Part 1 — one NTK sample exactly as the callback takes it: ``NTKPart.sample`` (the sharded kernel
+of ``_kernel`` and ``gather_rows``, then its two eigendecompositions split over the ranks by
+``_spectra``, then the probe PL ratio and ``μ_NTK``), on plain ``torch.multiprocessing.spawn``
+workers joined in a gloo group. The callback reaches the collectives through an injected
+``Collective``; here ``StrategyCollective`` wraps a small adapter with Lightning's
+``DDPStrategy`` semantics on that group (``reduce``: a barrier then an all-reduce;
+``all_gather``: ``torch.distributed.nn.functional.all_gather`` then ``stack``), so the code
+timed is the callback's own, not a copy.
 
 Configurations, interleaved round by round (``ws1_t1, ws2_t1, ws1_t2`` …):
 
@@ -125,24 +125,12 @@ class _Strategy:
             return torch.stack(all_gather(tensor.contiguous()))
 
 
-class _Trainer:
-    """The part of ``pl.Trainer`` the callback's NTK sample reads."""
-
-    def __init__(self, world: int, rank: int) -> None:
-        self.world_size, self.global_rank = world, rank
-        self.is_global_zero = rank == 0
-        self.strategy = _Strategy(world)
-        self.loggers: list[Any] = []
-        self.optimizers: list[Any] = []
-
-
 class _Module(nn.Module):
-    """The network with the two attributes of a ``LightningModule`` the sample reads."""
+    """The network with the ``device`` attribute of a ``LightningModule`` the sample reads."""
 
-    def __init__(self, net: nn.Module, trainer: _Trainer) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
-        self.trainer = trainer
 
     @property
     def device(self) -> torch.device:
@@ -171,7 +159,7 @@ def _spin_up_threads() -> None:
 
 
 def _ntk_sample(config: str, rank: int, ctx: dict[str, Any]) -> dict[str, float]:
-    """One ``LPLRMonitor._sample_probe`` of ``config`` on this rank: its phase times (or idle CPU)."""
+    """One NTK sample (``NTKPart.sample``) of ``config`` on this rank: its phase times (or idle CPU)."""
     world = 2 if config.startswith("ws2") else 1
     threads = 2 if config.endswith("_t2") else 1
     dist.barrier()
@@ -179,14 +167,14 @@ def _ntk_sample(config: str, rank: int, ctx: dict[str, Any]) -> dict[str, float]
         cpu = time.process_time()
         dist.barrier()  # wait while rank 0 computes alone
         return {"idle_cpu_s": time.process_time() - cpu}
-    monitor, module = ctx["monitor"], ctx["modules"][world]
+    part, module, collective = ctx["part"], ctx["module"], ctx["collectives"][world]
     record: dict[str, float] = {}
-    monitor._kernel = _timed(record, "kernel_s", ctx["kernel_fn"])
-    monitor._spectra = _timed(record, "spectra_s", ctx["spectra_fn"])
+    part._kernel = _timed(record, "kernel_s", ctx["kernel_fn"])
+    part._spectra = _timed(record, "spectra_s", ctx["spectra_fn"])
     torch.set_num_threads(threads)
     _spin_up_threads()
     start, cpu_start = time.perf_counter(), time.process_time()
-    metrics = monitor._sample_probe(module.trainer, module, 1)
+    metrics = part.sample(module, 1, collective, lr=0.1)
     record["total_s"] = time.perf_counter() - start
     record["cpu_s"] = time.process_time() - cpu_start
     torch.set_num_threads(1)
@@ -204,6 +192,7 @@ def _part_ntk(rank: int, cfg: dict[str, Any]) -> dict[str, Any]:
     from torch.func import functional_call
 
     from lightning_lplr import LPLRMonitor
+    from lightning_lplr.callbacks._collective import LocalCollective, StrategyCollective, shards
     from lightning_lplr.callbacks.probe import Probe
     from lightning_lplr.functional import empirical_ntk, spectrum_stats
     from lightning_lplr.functional.ntk import resolve_implementation
@@ -221,28 +210,31 @@ def _part_ntk(rank: int, cfg: dict[str, Any]) -> dict[str, Any]:
         loss_fn=F.cross_entropy,
         log_histograms=False,
     )
-    monitor._probe = Probe(x, y)
-    monitor._theta0 = {f"net.{k}": v.clone() for k, v in params.items()}
+    part = monitor._ntk
+    part.probe = Probe(x, y)
+    part.theta0 = {f"net.{k}": v.clone() for k, v in params.items()}
     # Θ₀ at slightly moved parameters: a later sample of a run whose kernel has drifted.
     torch.manual_seed(4)
     moved = {f"net.{k}": v + 0.01 * v.std() * torch.randn_like(v) for k, v in params.items()}
-    modules = {w: _Module(net, _Trainer(w, rank if w > 1 else 0)) for w in (1, 2)}
+    module = _Module(net)
+    collectives = {1: LocalCollective(), 2: StrategyCollective(_Strategy(2), 2, rank)}
 
     def fn(p: dict[str, Tensor], inputs: Tensor) -> Tensor:
-        return functional_call(modules[1], p, (inputs,))
+        return functional_call(module, p, (inputs,))
 
     kernel0 = empirical_ntk(fn, x, params=moved, kind="full").to(torch.float64)
     stats0 = spectrum_stats(kernel0, normalize=cfg["probe"])
-    monitor._kernel0, monitor._lambda_min0, monitor._lambda_max0 = (
+    part.kernel0, part.lambda_min0, part.lambda_max0 = (
         kernel0,
         stats0.lambda_min,
         stats0.lambda_max,
     )
     ctx = {
-        "monitor": monitor,
-        "modules": modules,
-        "kernel_fn": monitor._kernel,
-        "spectra_fn": monitor._spectra,
+        "part": part,
+        "module": module,
+        "collectives": collectives,
+        "kernel_fn": part._kernel,
+        "spectra_fn": part._spectra,
     }
     records: dict[str, list[dict[str, float]]] = {c: [] for c in NTK_CONFIGS}
     for r in range(cfg["warmup"] + cfg["repeats"]):
@@ -250,7 +242,7 @@ def _part_ntk(rank: int, cfg: dict[str, Any]) -> dict[str, Any]:
             rec = _ntk_sample(config, rank, ctx)
             if r >= cfg["warmup"]:
                 records[config].append(rec)
-    shard = monitor._probe.shard(rank, 2)
+    shard = shards(cfg["probe"], 2)[rank][0]
     trainable = {f"net.{k}": v for k, v in params.items()}
     resolved: dict[str, str] = {}
     if cfg["implementation"] == "auto":  # what auto settled on (cached: no new trial)
@@ -459,7 +451,7 @@ def _analyse_ntk(ranks: list[dict[str, Any]], cfg: dict[str, Any]) -> dict[str, 
         "gathered_bytes_per_rank": (-(-cfg["probe"] // 2)) * dims[-1] * m_o * 4,
         "implementation_requested": cfg["implementation"],
         "implementation_resolved": {str(r["rank"]): r["ntk"]["implementation"] for r in ranks},
-        "what": "LPLRMonitor._sample_probe: kernel (compute, error-flag reduce, all-gather of the rows "
+        "what": "NTKPart.sample: kernel (compute, error-flag reduce, all-gather of the rows "
         "in float32) + spectra (eigenvalues of K on rank 0, ‖K−K₀‖₂ on rank 1, all-gather of n+1 "
         "floats) + the probe PL ratio and μ_NTK; wall = slowest rank",
         "warmup_rounds": cfg["warmup"],

@@ -1,0 +1,373 @@
+"""The Lightning layer every monitor shares: hook wiring, the step buffer, flushes, checkpoints.
+
+A monitor is this callback with some of three parts plugged in: the NTK part
+(:mod:`._ntk_part`), the step PL part and the rate part (:mod:`._step_parts`). The callback
+decides *when* (schedules, flush cadence), reads what a step leaves (loss, gradient norm, step
+size), hands batches of steps to the parts, and writes what they return to every logger.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import (
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceXLAStrategy,
+    XLAStrategy,
+)
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_lplr.callbacks._collective import Collective, LocalCollective, StrategyCollective
+from lightning_lplr.callbacks._config import StepConfig
+from lightning_lplr.callbacks._journal import Journal
+from lightning_lplr.callbacks._ntk_part import NTKPart
+from lightning_lplr.callbacks._step_buffer import (
+    StepBuffer,
+    StepRecord,
+    grad_norm,
+    loss_of,
+    monitored_keys,
+    stack_float64,
+)
+from lightning_lplr.callbacks._step_parts import GapSeries, PLPart, RatePart
+from lightning_lplr.callbacks._summary import summary_markdown
+from lightning_lplr.reporting import tensorboard as tb
+from lightning_lplr.reporting.fanout import update_callback_metrics
+from lightning_lplr.reporting.keys import ALL_KEYS, SKIP_KEYS
+
+__all__ = ["Monitor"]
+
+_REFUSED_STRATEGIES = (
+    FSDPStrategy,
+    DeepSpeedStrategy,
+    ModelParallelStrategy,
+    XLAStrategy,
+    SingleDeviceXLAStrategy,
+)
+
+
+class Monitor(Callback):
+    """Base of the public monitors; subclasses build the parts in ``__init__`` and call :meth:`_assemble`."""
+
+    prefix: str
+    log_histograms: bool
+
+    def _assemble(
+        self,
+        *,
+        prefix: str,
+        step: StepConfig | None,
+        ntk: NTKPart | None,
+        gaps: GapSeries | None,
+        pl_part: PLPart | None,
+        rate: RatePart | None,
+        journal: Journal,
+        log_histograms: bool = False,
+    ) -> None:
+        self.prefix = prefix
+        self.log_histograms = log_histograms
+        self._step_config = step
+        self._ntk = ntk
+        self._gaps = gaps
+        self._pl = pl_part
+        self._rate = rate
+        self._journal = journal
+        self._buffer = StepBuffer(step.flush_every if step is not None else 1)
+        self._trainer_ref: weakref.ReferenceType[pl.Trainer] | None = None
+        self._collective: Collective = LocalCollective()
+        self._parts = tuple(
+            name
+            for name, part in (
+                ("ntk", ntk if ntk and ntk.with_kernel else None),
+                ("pl", pl_part if pl_part and pl_part.log else None),
+                ("rate", rate),
+            )
+            if part is not None
+        )
+        for cause in ("nonfinite_loss", "nonpositive_gap", "ntk_error"):
+            journal.skips.setdefault(cause, 0)
+
+    # ------------------------------------------------------------------ public state
+    @property
+    def history(self) -> dict[str, list[tuple[int, float]]]:
+        """What this process logged, key (without prefix) → ``[(step, value), …]``.
+
+        The last 100 000 samples of each key are kept in memory (the loggers have them all),
+        so a long run does not grow without bound.
+        """
+        return self._journal.history
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Samples skipped so far, by cause."""
+        return dict(self._journal.skips)
+
+    def summary(self) -> dict[str, float]:
+        """The latest value of every quantity (key without prefix → value), plus run aggregates."""
+        return self._journal.summary()
+
+    def _state_config(self) -> dict[str, Any]:
+        """What identifies this monitor in a checkpoint (subclasses add their configuration)."""
+        return {"prefix": self.prefix, "parts": list(self._parts)}
+
+    @property
+    def state_key(self) -> str:
+        """Checkpoint key derived from the configuration, so two monitors can coexist.
+
+        Lightning reads it around every hook call (profiler names), so it is built once per
+        configuration and cached.
+        """
+        config = repr(self._state_config())
+        cached = self.__dict__.get("_state_key_cache")
+        if cached is None or cached[0] != config:
+            cached = self._state_key_cache = (config, self._generate_state_key(**self._state_config()))
+        return cached[1]
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        trainer = None if self._trainer_ref is None else self._trainer_ref()
+        if trainer is not None:
+            self._flush(trainer)  # a checkpoint holds every finished step's state,
+            self._buffer.write(trainer)  # and everything before it is on disk
+        state: dict[str, Any] = {"version": 2, **self._journal.state_dict()}
+        for name, part in self._stateful():
+            state[name] = part.state_dict()
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._journal.load_state_dict(state_dict)
+        for name, part in self._stateful():
+            if name in state_dict:
+                part.load_state_dict(state_dict[name])
+            elif state_dict.get("version") == 1:  # one flat dict before the split into parts
+                part.load_state_dict(state_dict)
+
+    def _stateful(self) -> list[tuple[str, Any]]:
+        parts = (("ntk", self._ntk), ("gaps", self._gaps), ("pl", self._pl))
+        return [(name, part) for name, part in parts if part is not None]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_trainer_ref"] = None  # a weak reference cannot be pickled (ddp_spawn, torch.save)
+        return state
+
+    # ------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if isinstance(trainer.strategy, _REFUSED_STRATEGIES):
+            raise ValueError(
+                f"{type(self).__name__} does not support strategy {type(trainer.strategy).__name__}: it "
+                "shards parameters, so the NTK of the full model cannot be formed on one rank. Use "
+                "strategy='ddp' (or 'ddp_spawn') or a single device."
+            )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.loggers:
+            self._journal.warn_once(
+                "no_logger",
+                f"{type(self).__name__}: the Trainer has no logger, so nothing is written to disk; the "
+                "values are still in trainer.callback_metrics. Pass logger=TensorBoardLogger('runs') to see "
+                "them.",
+            )
+        if trainer.is_global_zero:
+            tb.write_layout(trainer.loggers, self.prefix)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._trainer_ref = weakref.ref(trainer)
+        self._collective = (
+            StrategyCollective(trainer.strategy, trainer.world_size, trainer.global_rank)
+            if trainer.world_size > 1
+            else LocalCollective()
+        )
+        # A callback or scheduler that monitors one of our keys reads trainer.callback_metrics at
+        # an epoch or validation boundary: write every step as it ends so it reads current values.
+        keys = {self.prefix + key for key in ALL_KEYS + SKIP_KEYS}
+        flush_every = self._buffer.flush_every
+        self._buffer.reset(1 if monitored_keys(trainer) & keys else flush_every)
+        if self._ntk is not None:
+            self._ntk.on_train_start(trainer, pl_module, self._collective)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        t = trainer.global_step
+        config = self._step_config
+        wants_step = config is not None and (self._pl is not None or self._rate is not None)
+        record = self._buffer.begin(t, wants_step and bool(config and config.step_every(t)))
+        ntk = self._ntk
+        if ntk is None or not ntk.wants(t):
+            return
+        self._flush(trainer)  # the earlier steps first: they are described by the previous sample
+        record.probe.update(ntk.sample(pl_module, t, self._collective, _current_lr(trainer)))
+        if self.log_histograms and ntk.eigenvalues is not None and trainer.is_global_zero:
+            tb.add_eigenvalue_histogram(trainer.loggers, self.prefix + "ntk/eigenvalues", ntk.eigenvalues, t)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        record = self._buffer.current
+        if record is None or not record.wants_step:
+            return
+        norm = grad_norm(optimizer)
+        if norm is not None:
+            # Several optimizers stepping in one batch (manual optimization) apply disjoint
+            # parts of the gradient: their squared norms add up to the whole one.
+            square = norm.square()
+            record.grad_norm_sq = square if record.grad_norm_sq is None else record.grad_norm_sq + square
+        record.optimizers += 1
+        if record.lr is None:  # the first optimizer's step size and type
+            lr = optimizer.param_groups[0].get("lr", math.nan)
+            # A tensor lr is updated in place by schedulers: keep its value at this step.
+            record.lr = lr.detach().clone() if isinstance(lr, Tensor) else lr
+            record.optimizer = {"plain_sgd": _is_plain_sgd(optimizer)}
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        record = self._buffer.current
+        if record is None:
+            return
+        if record.wants_step:
+            loss = loss_of(outputs)
+            if loss is not None:
+                loss = loss.detach()
+                # Under gradient accumulation Lightning divides each micro-batch loss by
+                # accumulate_grad_batches before backward and hands that value to this hook,
+                # so the sum is the objective whose gradient the optimizer sees.
+                record.loss = loss if record.loss is None else record.loss.double() + loss.double()
+        if trainer.global_step == record.step:
+            return  # gradient accumulation: the optimizer has not stepped yet
+        self._buffer.finish(record, time.time())
+        # Every flush_every steps (not records: a sparse step_every or an NTK-only monitor
+        # would otherwise wait many steps), and at once after an NTK sample.
+        if self._buffer.due(record):
+            self._flush(trainer)
+        self._buffer.pace(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer)
+        self._buffer.write(trainer)
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """Keep what the finished steps measured when the run stops on an error or an interrupt.
+
+        Single process only: with several ranks the flush's collective could wait for a rank
+        that is gone, so those steps are dropped.
+        """
+        if trainer.world_size == 1:
+            try:
+                self._flush(trainer)
+                self._buffer.write(trainer)
+            except Exception as err:  # never mask the run's own exception
+                self._journal.warn_once(
+                    "exception_flush", f"{type(self).__name__} could not write its last steps: {err}"
+                )
+        self._buffer.reset(self._buffer.flush_size)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer_ref = None
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            tb.add_text_summary(
+                trainer.loggers, self.prefix + "summary", self.summary_markdown(), trainer.global_step
+            )
+
+    def summary_markdown(self) -> str:
+        """A short markdown report of the run so far (written to TensorBoard at the end of fit)."""
+        return summary_markdown(self.summary(), self._journal.skips)
+
+    # ------------------------------------------------------------------ flush
+    def _flush(self, trainer: pl.Trainer) -> None:
+        """Compute and record every finished step not yet computed, in step order; queue the writes.
+
+        Runs at the same steps on every rank (every ``flush_every`` steps, around NTK samples,
+        at checkpoints and at the end of training), so its one collective (the mean loss over
+        ranks) is entered by all of them.
+        """
+        records = self._buffer.take()
+        if not records:
+            return
+        wanted = [r for r in records if r.wants_step]
+        step_metrics = self._step_metrics(wanted) if wanted else {}
+        samples: list[tuple[int, dict[str, float]]] = []
+        walltimes: list[float] = []
+        for record in records:
+            metrics = dict(record.probe)
+            metrics.update(step_metrics.get(record.step, {}))
+            if not metrics:
+                continue
+            self._journal.record(metrics, record.step)
+            samples.append((record.step, {self.prefix + k: float(v) for k, v in metrics.items()}))
+            walltimes.append(record.walltime)
+        update_callback_metrics(trainer, samples)
+        if trainer.is_global_zero:
+            self._buffer.queue(samples, walltimes)
+
+    def _step_metrics(self, records: list[StepRecord]) -> dict[int, dict[str, float]]:
+        """Step-level PL and rate quantities of ``records`` (in step order), step → metrics."""
+        with_loss = [r for r in records if r.loss is not None]
+        if len(with_loss) < len(records):
+            self._journal.warn_once(
+                "no_loss",
+                "training_step returned no loss tensor (None, or a dict without 'loss'); the step-level PL "
+                "and rate quantities need it and are not logged.",
+            )
+        if not with_loss or self._gaps is None:
+            return {}
+        # One stack, one collective and one device→host copy for the whole batch of steps.
+        losses_t = stack_float64([r.loss for r in with_loss if r.loss is not None])
+        losses_t = self._collective.all_reduce(losses_t, "mean")
+        losses = losses_t.cpu().tolist()
+        squares = [r.grad_norm_sq for r in with_loss if r.grad_norm_sq is not None]
+        values = iter(stack_float64(squares).cpu().tolist() if squares else [])
+        grad_norm_sq = [next(values) if r.grad_norm_sq is not None else math.nan for r in with_loss]
+
+        steps, history, out = self._gaps.gaps(with_loss, losses, grad_norm_sq)
+        mu: list[float] = []
+        for step in steps:
+            metrics = self._pl.metrics(step) if self._pl is not None else {}
+            out[step.record.step] = metrics
+            if self._rate is not None:
+                mu_ntk = math.nan if self._ntk is None else self._ntk.mu_ntk
+                envelope = self._pl.envelope.minimum if self._pl is not None else math.nan
+                mu.append(mu_ntk if math.isfinite(mu_ntk) else envelope)
+        if self._rate is not None:
+            beta = math.nan if self._ntk is None else self._ntk.beta
+            for t, metrics in self._rate.metrics(history, steps, mu, beta).items():
+                out[t].update(metrics)
+        return out
+
+
+def _is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
+    if type(optimizer) is not torch.optim.SGD:
+        return False
+    return all(g.get("momentum", 0) == 0 and not g.get("nesterov", False) for g in optimizer.param_groups)
+
+
+def _current_lr(trainer: pl.Trainer) -> float:
+    optimizers = trainer.optimizers
+    if not optimizers:
+        return math.nan
+    return float(optimizers[0].param_groups[0].get("lr", math.nan))

@@ -1,0 +1,201 @@
+"""The step-level parts of a monitor: the gap series, the PL ratio with its envelope, the linear rate.
+
+A flush hands a batch of finished steps to :class:`GapSeries`, which reduces the losses over
+ranks (one collective) and turns each step into a gap ``Δ_t = L_t − L*``; :class:`PLPart` turns
+gaps and gradient norms into PL ratios and their lower envelope; :class:`RatePart` fits
+``log Δ`` over a trailing window for every step of the batch in one vectorised pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lightning_lplr.callbacks._journal import Journal
+from lightning_lplr.callbacks._step_buffer import StepRecord
+from lightning_lplr.functional.pl import LowerEnvelope, estimate_loss_star, pl_ratio
+from lightning_lplr.functional.rate import classify_regime_rows, fit_linear_rate_rows, predicted_contraction
+from lightning_lplr.reporting.keys import REGIME_CODES
+
+__all__ = ["GapSeries", "PLPart", "RatePart", "StepGap"]
+
+
+@dataclass
+class StepGap:
+    """One finished step seen through the gap series."""
+
+    record: StepRecord
+    loss: float
+    grad_norm_sq: float
+    loss_star: float
+    gap: float
+    index: int
+    """Position of this step in :attr:`GapSeries.window` history of the batch (for the rate rows)."""
+
+
+class GapSeries:
+    """Losses of the recent steps, ``L*`` and the gap ``Δ_t = L_t − L*`` of each new step.
+
+    Args:
+        loss_star: ``"zero"``, ``"running_min"``, ``"fit"`` or a number.
+        margin: relative safety margin of ``"running_min"`` (and of the ``"fit"`` warm-up).
+        window: steps kept for ``"fit"`` and for the rate fits.
+        journal: the monitor's skip counters and warnings.
+    """
+
+    def __init__(self, loss_star: str | float, margin: float, window: int, journal: Journal) -> None:
+        self.loss_star = loss_star
+        self.margin = margin
+        self.journal = journal
+        self.window: deque[tuple[int, float]] = deque(maxlen=window)
+        self.running_min = math.inf
+
+    def star(self, window: Iterable[tuple[int, float]], running_min: float | None = None) -> float:
+        """``L*`` for a window of ``(step, loss)``; ``running_min`` is the lowest loss of the run so far."""
+        if self.loss_star == "running_min":
+            lowest = min(v for _, v in window) if running_min is None else running_min
+            return estimate_loss_star([lowest], "running_min", margin=self.margin)
+        if self.loss_star == "fit":
+            steps = [s for s, _ in window]
+            losses = [v for _, v in window]
+            if len(losses) < 4:
+                return 0.0 if not losses else min(losses) - abs(min(losses)) * self.margin
+            return estimate_loss_star(losses, "fit", steps=steps)
+        return estimate_loss_star((), self.loss_star)  # "zero" or a number: the losses are not read
+
+    def gaps(
+        self, records: list[StepRecord], losses: list[float], grad_norm_sq: list[float]
+    ) -> tuple[list[StepGap], list[tuple[int, float]], dict[int, dict[str, float]]]:
+        """The gap of every finite step (in order), the window history they index, skip metrics by step."""
+        history: list[tuple[int, float]] = list(self.window)
+        out: list[StepGap] = []
+        skipped: dict[int, dict[str, float]] = {}
+        for record, loss, gsq in zip(records, losses, grad_norm_sq, strict=True):
+            t = record.step
+            if not (math.isfinite(loss) and math.isfinite(gsq)):
+                skipped[t] = self.journal.skip(
+                    "nonfinite_loss", f"non-finite loss {loss} or squared gradient norm {gsq}"
+                )
+                continue
+            self.window.append((t, loss))
+            history.append((t, loss))
+            self.running_min = min(self.running_min, loss)
+            star = self.star(self.window, self.running_min)
+            out.append(StepGap(record, loss, gsq, star, loss - star, len(history) - 1))
+        return out, history, skipped
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"window": list(self.window), "running_min": self.running_min}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.window = deque(state.get("window", []), maxlen=self.window.maxlen)
+        self.running_min = state.get("running_min", math.inf)
+
+
+class PLPart:
+    """Step PL ratio ``‖∇L‖²/(2Δ)`` and its lower envelope (running minimum, low quantile).
+
+    Args:
+        window: steps in the envelope's window (``None``: the whole run).
+        quantile: the robust low quantile.
+        journal: the monitor's skip counters and warnings.
+        log: whether the ratio and envelope keys are written (the envelope is kept either way).
+    """
+
+    def __init__(self, window: int | None, quantile: float, journal: Journal, *, log: bool = True) -> None:
+        self.envelope = LowerEnvelope(window=window, quantile=quantile)
+        self.journal = journal
+        self.log = log
+
+    def metrics(self, step: StepGap) -> dict[str, float]:
+        """``pl/*`` of one step (also counts a non-positive gap)."""
+        metrics: dict[str, float] = {"pl/gap": step.gap}
+        if step.gap <= 0:
+            metrics.update(
+                self.journal.skip(
+                    "nonpositive_gap", f"non-positive gap {step.gap} (L* = {step.loss_star})", warn=False
+                )
+            )
+        else:
+            ratio = pl_ratio(step.grad_norm_sq, step.gap)
+            if self.log:
+                metrics["pl/ratio_step"] = ratio
+            self.envelope.update(ratio)
+        if self.log:
+            metrics["pl/envelope_min"] = self.envelope.minimum
+            metrics["pl/envelope_q05"] = self.envelope.quantile_value
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"envelope": self.envelope.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "envelope" in state:
+            self.envelope.load_state_dict(state["envelope"])
+
+
+class RatePart:
+    """Least-squares fit of ``log Δ_t`` over the trailing window of every step, and the predicted rate.
+
+    Args:
+        window: steps in the fit's window.
+        min_points: gaps needed before a fit is logged.
+        journal: the monitor's skip counters and warnings.
+    """
+
+    def __init__(self, window: int, min_points: int, journal: Journal) -> None:
+        self.window = window
+        self.min_points = min_points
+        self.journal = journal
+
+    def metrics(
+        self,
+        history: list[tuple[int, float]],
+        steps: list[StepGap],
+        mu: list[float],
+        beta: float,
+    ) -> dict[int, dict[str, float]]:
+        """``rate/*`` of each step of ``steps`` (``mu``: the PL constant to predict with, per step)."""
+        if not steps:
+            return {}
+        w = self.window
+        step_arr = np.array([s for s, _ in history], dtype=np.float64)
+        losses = np.array([v for _, v in history], dtype=np.float64)
+        pad = np.full(w - 1, np.nan)
+        index = np.array([s.index for s in steps])[:, None] + np.arange(w)  # window ending at each step
+        step_rows = np.concatenate([pad, step_arr])[index]
+        gap_rows = np.concatenate([pad, losses])[index] - np.array([s.loss_star for s in steps])[:, None]
+        fits = fit_linear_rate_rows(gap_rows, step_rows)
+        regimes = classify_regime_rows(gap_rows, step_rows)
+        out: dict[int, dict[str, float]] = {}
+        for k, step in enumerate(steps):
+            if fits.num_points[k] < self.min_points:
+                continue
+            metrics = {
+                "rate/slope": float(fits.slope[k]),
+                "rate/contraction": float(fits.contraction[k]),
+                "rate/half_life": float(fits.half_life[k]),
+                "rate/r2": float(fits.r2[k]),
+                "rate/regime": REGIME_CODES[str(regimes[k].value)],
+            }
+            out[step.record.step] = metrics
+            record = step.record
+            if not (record.optimizer or {}).get("plain_sgd", False):
+                self.journal.warn_once(
+                    "not_plain_sgd",
+                    "the optimizer is not plain SGD (momentum, Nesterov or an adaptive method): the "
+                    "predicted contraction 1 − 2ημ(1 − ηβ/2) holds for gradient descent only and is not "
+                    "logged; the measured rate still is.",
+                )
+                continue
+            lr = math.nan if record.lr is None else float(record.lr)
+            if math.isfinite(mu[k]) and math.isfinite(lr):
+                metrics["rate/contraction_pred"] = predicted_contraction(
+                    lr, mu[k], beta if math.isfinite(beta) else None
+                )
+        return out
