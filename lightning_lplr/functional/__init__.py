@@ -146,3 +146,30 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+_LAZY.update(
+    {
+        "DEFAULT_NOISE_FACTOR": "linearization",
+        "ForwardModeError": "linearization",
+        "LinearizationGap": "linearization",
+        "forward_mode_safe": "linearization",
+        "linearization_gap": "linearization",
+    }
+)
+__all__ += [
+    "DEFAULT_NOISE_FACTOR",
+    "ForwardModeError",
+    "LinearizationGap",
+    "forward_mode_safe",
+    "linearization_gap",
+]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from lightning_lplr.functional.linearization import (
+        DEFAULT_NOISE_FACTOR,
+        ForwardModeError,
+        LinearizationGap,
+        forward_mode_safe,
+        linearization_gap,
+    )
