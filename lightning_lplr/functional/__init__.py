@@ -83,3 +83,27 @@ __all__: list[str] = [
     "suboptimality_gap",
     "trainable_params",
 ]
+
+from lightning_lplr.functional.curvature import (
+    DENSE_MAX_SIZE,
+    GaussNewtonSharpness,
+    KernelLossModel,
+    gauss_newton_sharpness,
+    has_constant_hessian,
+    kernel_loss_model,
+    kernel_predicted_loss,
+    output_hessian,
+    output_hvp,
+)
+
+__all__ += [
+    "DENSE_MAX_SIZE",
+    "GaussNewtonSharpness",
+    "KernelLossModel",
+    "gauss_newton_sharpness",
+    "has_constant_hessian",
+    "kernel_loss_model",
+    "kernel_predicted_loss",
+    "output_hessian",
+    "output_hvp",
+]
