@@ -441,6 +441,11 @@ def test_kernel_loss_model_loss_star_and_rejections(linear: LinearProblem) -> No
     assert kernel_loss_model(linear.kernel, outputs0, linear.y, offset).loss_star == pytest.approx(
         3.0, rel=1e-12
     )
+    given = kernel_loss_model(linear.kernel, outputs0, linear.y, F.mse_loss, loss_star=0.5)
+    assert float(given.curve([])[0]) == pytest.approx(0.5 + F.mse_loss(outputs0, linear.y).item(), rel=1e-13)
+    # a float32 NTK of this rank-deficient (18 of 24) kernel has negative round-off eigenvalues: accepted
+    from_float32 = kernel_loss_model(linear.kernel.float(), outputs0, linear.y, F.mse_loss)
+    assert bool((from_float32.eigenvalues >= 0).all())
     with pytest.raises(ValueError, match="Hessian that changes with the outputs"):
         kernel_loss_model(linear.kernel, outputs0, torch.arange(LIN_M) % LIN_O, F.cross_entropy)
 

@@ -334,7 +334,7 @@ class GaussNewtonSharpness(NamedTuple):
     converged: bool
     """``True`` for the dense path; for Lanczos, the stopping rule was met within ``max_iter``."""
     residual: float
-    """Lanczos: ``‖B y − β y‖`` of the top Ritz pair (``B = K^{1/2}HK^{1/2}``, ``‖y‖ = 1``), so
+    """Lanczos: ``‖B y − value·y‖`` of the top Ritz pair (``B = K^{1/2}HK^{1/2}``, ``‖y‖ = 1``), so
     some eigenvalue of ``B`` lies within it of ``value``; ``0.0`` for the dense path."""
 
 
@@ -458,11 +458,14 @@ def gauss_newton_sharpness(
       this is Lanczos on ``B`` with ``y = K^{1/2} q``, and it needs no eigendecomposition of
       ``K``: one ``K·v`` and one ``H·v`` per iteration (``O(n²)``), with full
       reorthogonalisation (twice) in the ``K``-inner product, from a seeded Gaussian start.
-      Stopping rule: after each iteration, the top Ritz value ``θ`` of the tridiagonal
-      matrix and its residual ``‖By − θy‖ = β_k |s_k|``; stop when it is at most
+      Stopping rule: after each iteration ``k``, the top Ritz value ``θ`` of the tridiagonal
+      matrix and its residual ``‖By − θy‖ = b_k |s_k|`` (``b_k`` the next off-diagonal
+      entry, ``s_k`` the last entry of the Ritz vector); stop when it is at most
       ``tol · max_i |θ_i|`` (relative to ``‖B‖`` as far as seen), or on an invariant
-      subspace (``β_k ≤ n·ε·max|θ|``). Some eigenvalue of ``B`` then lies within
-      ``residual`` of the value; started at random it is the top one with probability one.
+      subspace (``b_k ≤ n·ε·max|θ|``). Some eigenvalue of ``B`` then lies within
+      ``residual`` of the value, and Ritz values approach ``λ_max`` from below; from a
+      random start it is the top eigenvalue unless the start is almost orthogonal to
+      its eigenvector.
       It sees ``B`` on the range of ``K`` only, so for a singular ``K`` with every
       curvature negative it can return a negative value where the dense path returns 0.
       ``kernel_eigh`` is not used.
@@ -673,8 +676,8 @@ def kernel_loss_model(
     ``f*`` is not needed: ``H^{1/2} r₀ = (H^{1/2})⁺ g₀`` from the gradient ``g₀ = H r₀`` of
     ``loss_fn`` at ``f₀`` (pseudo-inverse on the range of ``H``), and the derived
     ``L* = L(f₀) − ½ ‖H^{1/2} r₀‖²`` is the minimum of the quadratic over all outputs (0 for
-    squared losses; it is set to exactly 0 when within ``4·n·ε·L(f₀)`` of it, the round-off
-    of the two terms). The prediction is exact for a model linear in ``θ`` trained full
+    squared losses; it is set to exactly 0 when within ``4·n·ε`` times the larger of the two
+    terms, their round-off). The prediction is exact for a model linear in ``θ`` trained full
     batch on the probe itself with this loss; for a network it is the kernel-regime
     prediction, and its gap to the measured loss is what it is for.
 
