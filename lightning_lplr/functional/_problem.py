@@ -16,13 +16,30 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.modules.module import register_module_forward_hook
 
-__all__ = ["PLAN_SAMPLES", "ModelFn", "Problem", "global_forward_hook", "trainable_params"]
+__all__ = ["PLAN_SAMPLES", "ModelFn", "Problem", "full_precision", "global_forward_hook", "trainable_params"]
 
 ModelFn = Callable[[dict[str, Tensor], Tensor], Tensor]
 """A functional model ``f(params, x) -> outputs`` over a batch ``x``."""
 
 PLAN_SAMPLES = 3
 """Samples in the forward that discovers and verifies a structured plan (>= 2 exposes batch mixing)."""
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """Switch TF32 off for the duration (kernels must be exact float32 or float64)."""
+    old_matmul = torch.backends.cuda.matmul.allow_tf32
+    old_cudnn = torch.backends.cudnn.allow_tf32
+    old_precision = torch.get_float32_matmul_precision()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old_matmul
+        torch.backends.cudnn.allow_tf32 = old_cudnn
+        torch.set_float32_matmul_precision(old_precision)
 
 
 @contextlib.contextmanager

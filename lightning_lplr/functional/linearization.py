@@ -33,8 +33,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lightning_lplr.functional._problem import ModelFn, trainable_params
-from lightning_lplr.functional.ntk import _full_precision
+from lightning_lplr.functional._problem import ModelFn, full_precision, trainable_params
 
 __all__ = [
     "DEFAULT_NOISE_FACTOR",
@@ -350,7 +349,7 @@ def linearization_gap(
         raise TypeError(f"model is a {type(model).__name__}; pass an nn.Module or a callable f(params, x).")
 
     theta_t, theta_0, tangent = _tangent(params_t, params_0)
-    with torch.no_grad(), _full_precision():
+    with torch.no_grad(), full_precision():
         f0_primal, lin = _linearize(call, theta_0, tangent, x)
         if ft is None:
             with forward_mode_safe():

@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any, Protocol
 
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.func import jacrev, jvp, vjp, vmap
 
 from lightning_lplr.functional import _structured
-from lightning_lplr.functional._problem import ModelFn, Problem, trainable_params
+from lightning_lplr.functional._problem import ModelFn, Problem, full_precision, trainable_params
 
 __all__ = [
     "ModelFn",
@@ -122,23 +122,6 @@ def _enum_value(enum_cls: type[Enum], value: Any, argument: str) -> Any:
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in enum_cls)  # type: ignore[attr-defined]
         raise ValueError(f"{argument}={value!r} is not a known {argument}; pass one of {allowed}.") from None
-
-
-@contextlib.contextmanager
-def _full_precision() -> Iterator[None]:
-    """Switch TF32 off for the duration (kernels must be exact float32 or float64)."""
-    old_matmul = torch.backends.cuda.matmul.allow_tf32
-    old_cudnn = torch.backends.cudnn.allow_tf32
-    old_precision = torch.get_float32_matmul_precision()
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old_matmul
-        torch.backends.cudnn.allow_tf32 = old_cudnn
-        torch.set_float32_matmul_precision(old_precision)
 
 
 class _Backend(Protocol):
@@ -322,7 +305,7 @@ def _run(
     m1 = x1.shape[0]
     m2 = m1 if x2 is None else x2.shape[0]
     backend.configure(min(m1, chunk or m1), min(m2, chunk or m2))
-    with _full_precision():
+    with full_precision():
         return _assemble(backend, x1, x2, kind, chunk, problem.num_outputs, problem.dtype)
 
 
