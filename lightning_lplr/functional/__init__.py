@@ -18,6 +18,8 @@ _LAZY: dict[str, str] = {
     "NTKImplementation": "ntk",
     "NTKKind": "ntk",
     "NTKPLBounds": "pl",
+    "NormMode": "normalization",
+    "NormStatistics": "normalization",
     "Regime": "rate",
     "SpectrumStats": "spectrum",
     "SublinearFit": "rate",
@@ -40,6 +42,7 @@ _LAZY: dict[str, str] = {
     "operator_norm": "spectrum",
     "pl_ratio": "pl",
     "predicted_contraction": "rate",
+    "probe_statistics": "normalization",
     "resolve_implementation": "ntk",
     "spectrum_from_eigenvalues": "spectrum",
     "spectrum_stats": "spectrum",
@@ -58,6 +61,8 @@ __all__: list[str] = [
     "NTKImplementation",
     "NTKKind",
     "NTKPLBounds",
+    "NormMode",
+    "NormStatistics",
     "Regime",
     "SpectrumStats",
     "SublinearFit",
@@ -80,6 +85,7 @@ __all__: list[str] = [
     "operator_norm",
     "pl_ratio",
     "predicted_contraction",
+    "probe_statistics",
     "resolve_implementation",
     "spectrum_from_eigenvalues",
     "spectrum_stats",
@@ -89,6 +95,7 @@ __all__: list[str] = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from lightning_lplr.functional.normalization import NormMode, NormStatistics, probe_statistics
     from lightning_lplr.functional.ntk import (
         ModelFn,
         NTKImplementation,
