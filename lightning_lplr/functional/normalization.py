@@ -81,7 +81,7 @@ class NormMode(str, Enum):
     """Running statistics (evaluation mode), per sample."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: compare the fields explicitly
 class NormStatistics:
     """Batch statistics of every batch-normalisation call of one forward, in call order.
 
