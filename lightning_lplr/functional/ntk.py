@@ -125,6 +125,9 @@ class NTKImplementation(str, Enum):
     so a CNN gains only from batching (ResNet-20, 32 samples: ≈ 1.2×)."""
 
 
+_full_precision = full_precision
+"""TF32 off for the duration (defined in ``_problem``; this name is imported by other modules)."""
+
 _TRIAL_SIZES = (4, 32)
 """Sub-probe sizes of the timed trial behind ``auto``."""
 _TRIAL_KEEP = 4.0
