@@ -2,7 +2,7 @@
 
 Names are imported on first use (PEP 562): ``from lightning_lplr.functional import fit_linear_rate``
 loads only the module that defines it, and nothing here ever imports Lightning. Every public name of a
-public module (ntk, spectrum, pl, rate, region, objective, curvature, linearization)
+public module (ntk, spectrum, pl, rate, region, objective, curvature, linearization, normalization)
 is exported here (a test keeps this list complete).
 """
 
@@ -23,12 +23,14 @@ _LAZY: dict[str, str] = {
     "LinearRateFit": "rate",
     "LinearRateFits": "rate",
     "LinearizationGap": "linearization",
-    "LossFn": "objective",
+    "LossFn": "curvature",
     "LowerEnvelope": "pl",
     "ModelFn": "ntk",
     "NTKImplementation": "ntk",
     "NTKKind": "ntk",
     "NTKPLBounds": "pl",
+    "NormMode": "normalization",
+    "NormStatistics": "normalization",
     "Regime": "rate",
     "RegionEstimate": "region",
     "RowsLike": "rate",
@@ -64,6 +66,7 @@ _LAZY: dict[str, str] = {
     "parameter_gradient_norm_sq": "objective",
     "pl_ratio": "pl",
     "predicted_contraction": "rate",
+    "probe_statistics": "normalization",
     "region_estimate": "region",
     "relative_drift": "region",
     "resolve_implementation": "ntk",
@@ -94,6 +97,8 @@ __all__: list[str] = [
     "NTKImplementation",
     "NTKKind",
     "NTKPLBounds",
+    "NormMode",
+    "NormStatistics",
     "Regime",
     "RegionEstimate",
     "RowsLike",
@@ -129,6 +134,7 @@ __all__: list[str] = [
     "parameter_gradient_norm_sq",
     "pl_ratio",
     "predicted_contraction",
+    "probe_statistics",
     "region_estimate",
     "relative_drift",
     "resolve_implementation",
@@ -145,6 +151,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         DENSE_MAX_SIZE,
         GaussNewtonSharpness,
         KernelLossModel,
+        LossFn,
         gauss_newton_sharpness,
         has_constant_hessian,
         kernel_loss_model,
@@ -159,6 +166,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         forward_mode_safe,
         linearization_gap,
     )
+    from lightning_lplr.functional.normalization import (
+        NormMode,
+        NormStatistics,
+        probe_statistics,
+    )
     from lightning_lplr.functional.ntk import (
         ModelFn,
         NTKImplementation,
@@ -169,7 +181,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         trainable_params,
     )
     from lightning_lplr.functional.objective import (
-        LossFn,
         output_gradient,
         parameter_gradient_norm_sq,
     )

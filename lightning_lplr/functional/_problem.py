@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.modules.module import register_module_forward_hook
+
+if TYPE_CHECKING:  # pragma: no cover - the override module imports this one
+    from lightning_lplr.functional.normalization import NormOverride
 
 __all__ = ["PLAN_SAMPLES", "ModelFn", "Problem", "full_precision", "global_forward_hook", "trainable_params"]
 
@@ -81,7 +84,12 @@ def _sample_mixing_modules(module: nn.Module) -> list[str]:
 
 
 class Problem:
-    """A model reduced to ``fn(params, x_batch) -> (b, O)`` plus the parameters to differentiate."""
+    """A model reduced to ``fn(params, x_batch) -> (b, O)`` plus the parameters to differentiate.
+
+    ``norm``: the normalisation override of a ``norm_mode`` (``None``: the model as it is, which
+    must then treat samples independently). ``call`` stays the user's function (its identity keys
+    caches); every evaluation goes through the override.
+    """
 
     def __init__(
         self,
@@ -89,6 +97,7 @@ class Problem:
         params: Mapping[str, Tensor] | None,
         x1: Tensor,
         x2: Tensor | None,
+        norm: NormOverride | None = None,
     ) -> None:
         if isinstance(model, nn.Module):
             module = model
@@ -142,7 +151,7 @@ class Problem:
                 f"x1 and x2 must share their trailing (per-sample) shape; got x1 {tuple(x1.shape)} and "
                 f"x2 {tuple(x2.shape)}. Pass probes of the same input shape."
             )
-        if self.module is not None:
+        if self.module is not None and norm is None:
             mixing = _sample_mixing_modules(self.module)
             if mixing:
                 raise ValueError(
@@ -152,25 +161,31 @@ class Problem:
                     "statistics. Call model.eval() first (and model.train() afterwards)."
                 )
         self.call = call
+        self.norm = norm
+        self.norm_mode: str | None = None if norm is None else norm.mode
+        self._forward: ModelFn = call if norm is None else norm.wrap(call)
         self.sample = x1[:PLAN_SAMPLES].to(self.device)
-        # One evaluation on a single sample fixes the output size, checks the output type and
+        # One evaluation on a single sample (on the plan sample where the batch mixes samples:
+        # batch statistics need more than one) fixes the output size, checks the output type and
         # measures activations (leaf-module outputs) for the memory estimates.
+        n = self.sample.shape[0] if norm is not None and norm.mixes_samples else 1
         sizes: list[int] = []
 
         def measure(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
             if isinstance(output, Tensor) and next(module.children(), None) is None:
-                sizes.append(output.numel())
+                sizes.append(output.numel() // n)
 
         with torch.no_grad(), global_forward_hook(measure):
-            out = call(self.params, self.sample[:1])
+            out = self._forward(self.params, self.sample[:n])
         if not isinstance(out, Tensor):
             raise TypeError(
                 f"the model returned a {type(out).__name__}, not a tensor; the NTK needs the model output as "
                 "a tensor of shape (batch, *out). Wrap the model, e.g. lambda p, x: f(p, x)['logits']."
             )
-        if out.ndim == 0 or out.shape[0] != 1:
+        if out.ndim == 0 or out.shape[0] != n:
             raise ValueError(
-                f"the model output for a batch of 1 has shape {tuple(out.shape)}; expected (1, *out) or (1,)."
+                f"the model output for a batch of {n} has shape {tuple(out.shape)}; "
+                f"expected ({n}, *out) or ({n},)."
             )
         self.num_outputs = int(math.prod(out.shape[1:]))
         self.activation_numel = max(sum(sizes), self.num_outputs, 1)
@@ -178,7 +193,7 @@ class Problem:
 
     def batched(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
         """Outputs of a batch, flattened to ``(b, O)``."""
-        out = self.call(p, x)
+        out = self._forward(p, x)
         return out.reshape(out.shape[0], -1)
 
     def single(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -200,6 +215,6 @@ class Problem:
         sig = tuple((k, tuple(v.shape), v.dtype) for k, v in self.params.items())
         if self.module is not None:
             modules = tuple((n, type(m).__qualname__, m.training) for n, m in self.module.named_modules())
-            return ("module", type(self.module).__qualname__, modules, sig)
+            return ("module", type(self.module).__qualname__, modules, sig, self.norm_mode)
         code = getattr(self.call, "__code__", None)
-        return ("callable", code if code is not None else type(self.call).__qualname__, sig)
+        return ("callable", code if code is not None else type(self.call).__qualname__, sig, self.norm_mode)

@@ -17,12 +17,15 @@ Per layer, the Gram form or the per-sample gradient form (``einsum`` over positi
 matrix product) is used, whichever the cost formula of :func:`_layer_costs` finds cheaper for
 the block sizes. Every other trainable parameter still gets an exact answer:
 
-* BatchNorm in eval mode: the affine parameters' per-sample gradients are the cotangents times
-  the normalised input (``Σ_positions δ·x̂`` and ``Σ_positions δ``), computed directly;
+* BatchNorm (and SyncBatchNorm) normalising with fixed statistics (eval mode, or the probe
+  statistics of ``norm_mode="probe"``, read from the module as the call sees it): the affine
+  parameters' per-sample gradients are the cotangents times the normalised input
+  (``Σ_positions δ·x̂`` and ``Σ_positions δ``), computed directly;
 * a parameter owned by any other module called once with one batched tensor input (LayerNorm,
   a custom module, a grouped or circular-padded convolution) gets per-sample gradients from a
   *local* vector-Jacobian product of that module alone with the same cotangents (``vmap`` over
-  samples and outputs);
+  samples and outputs), except, under a ``norm_mode``, a module containing normalisation or
+  dropout layers (the replay would run them outside the override);
 * anything else (weight tying, a module called twice, a parameter read outside its module,
   a plain callable's own tensors) falls back to Jacobian contraction restricted to those
   parameters.
@@ -165,7 +168,11 @@ def _patches(module: nn.Conv2d, h: Tensor) -> Tensor:
 
 
 def _normalised(module: nn.modules.batchnorm._BatchNorm, h: Tensor, state: dict[str, Tensor]) -> Tensor:
-    """``(h - running_mean) / sqrt(running_var + eps)`` as ``(b, C, positions)``."""
+    """``(h - running_mean) / sqrt(running_var + eps)`` as ``(b, C, positions)``.
+
+    ``state`` holds the buffers the module saw during the call (the probe statistics under
+    ``norm_mode="probe"``).
+    """
     b, c = h.shape[0], h.shape[1]
     mean = state["running_mean"].view(1, c, 1)
     inv = torch.rsqrt(state["running_var"] + module.eps).view(1, c, 1)
@@ -317,7 +324,7 @@ class Structured:
     def _plan_key(self) -> tuple[Any, ...]:
         p = self.problem
         sig = tuple((k, tuple(v.shape), v.dtype, str(v.device)) for k, v in p.params.items())
-        return (_model_identity(p), sig, tuple(p.sample.shape[1:]), p.sample.dtype)
+        return (_model_identity(p), sig, tuple(p.sample.shape[1:]), p.sample.dtype, p.norm_mode)
 
     def _plan(self, rebuild: bool = False) -> _Plan:
         key = self._plan_key()
@@ -599,6 +606,22 @@ class _Call:
     kwargs: dict[str, Any]
     output: Any
     attrs: dict[str, str]
+    running_stats: bool
+    """A BatchNorm that normalised with running statistics in this call (eval mode, buffers set)."""
+
+
+def _plain_batch_norm(module: nn.Module) -> bool:
+    """BatchNorm (or SyncBatchNorm, whose eval-mode forward is BatchNorm's) with an unmodified forward."""
+    forwards = (nn.modules.batchnorm._BatchNorm.forward, nn.SyncBatchNorm.forward)
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and type(module).forward in forwards
+
+
+_OVERRIDDEN = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.modules.dropout._DropoutNd,
+)
+"""Modules whose behaviour a normalisation override changes during a call: never replayed locally."""
 
 
 def _build_plan(problem: Problem) -> _Plan:
@@ -615,7 +638,14 @@ def _build_plan(problem: Problem) -> _Plan:
             activations += output.numel()
         attrs = {a: key_of[id(t)] for a, t in module._parameters.items() if t is not None and id(t) in key_of}
         if attrs:
-            calls.append(_Call(module, args, kwargs, output, attrs))
+            # Read the mode now: a normalisation override sets it for the duration of the call only.
+            running = (
+                isinstance(module, nn.modules.batchnorm._BatchNorm)
+                and not module.training
+                and module.running_mean is not None
+                and module.running_var is not None
+            )
+            calls.append(_Call(module, args, kwargs, output, attrs, running))
 
     with torch.no_grad(), global_forward_hook(hook):
         problem.batched(params, xs)
@@ -659,16 +689,12 @@ def _build_plan(problem: Problem) -> _Plan:
             layer.type, layer.d_out = _CONV2D, m.out_channels
             layer.d_in = m.in_channels * math.prod(m.kernel_size)
             layer.positions = out.shape[2] * out.shape[3]
-        elif (
-            _is_plain(m, nn.modules.batchnorm._BatchNorm, "forward")
-            and isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and not m.training
-            and m.track_running_stats
-            and m.running_mean is not None
-            and m.running_var is not None
-            and h.ndim >= 2
-        ):
+        elif _plain_batch_norm(m) and c.running_stats and h.ndim >= 2:
+            assert isinstance(m, nn.modules.batchnorm._BatchNorm)
             layer.type, layer.d_out = _BATCHNORM, m.num_features
+        elif problem.norm is not None and any(isinstance(s, _OVERRIDDEN) for s in m.modules()):
+            # A local replay runs the module outside the forward, where the override is not active.
+            continue
         layers.append(layer)
     layers = _verified(problem, _Plan(layers, [], 0))
     handled = {k for layer in layers for k in layer.attrs.values()}

@@ -37,13 +37,24 @@ from torch.func import jacrev, jvp, vjp, vmap
 
 from lightning_lplr.functional import _structured
 from lightning_lplr.functional._problem import ModelFn, Problem, full_precision, trainable_params
+from lightning_lplr.functional.normalization import (
+    NormMode,
+    NormOverride,
+    NormStatistics,
+    check_eval_mode,
+    mode_value,
+    probe_statistics,
+)
 
 __all__ = [
     "ModelFn",
     "NTKImplementation",
     "NTKKind",
+    "NormMode",
+    "NormStatistics",
     "clear_auto_cache",
     "empirical_ntk",
+    "probe_statistics",
     "resolve_implementation",
     "trainable_params",
 ]
@@ -69,6 +80,13 @@ class NTKImplementation(str, Enum):
     (``O = 1`` for ``"pseudo"``), ``Q = O²`` output pairs for ``"full"`` and ``Q = O`` for the
     other kinds, ``A`` activations per sample and ``F`` the cost of one forward pass of one
     sample. ``chunk_size`` (or ``max_memory_bytes``) bounds ``m1`` and ``m2`` per block.
+
+    With ``norm_mode="train"`` the kernel is that of one batch Jacobian ``∂f(θ, X)/∂θ``
+    (``m·O × P``, samples mixed by the batch statistics): Jacobian contraction (and structured,
+    which falls back to it) builds it from ``m·O`` vector-Jacobian products of the whole batch,
+    ``≈ 3·m²·O·F`` plus the ``(m·O)²·P`` contraction, memory ``≈ 2·m·O·P + chunk·O·m·A``;
+    NTK-vector products compute ``J Jᵀ e`` for every output ``e`` (``≈ 6·m²·O·F``) and never
+    store the Jacobian.
     """
 
     AUTO = "auto"
@@ -94,17 +112,20 @@ class NTKImplementation(str, Enum):
     ``d_out`` outputs, the cheaper of: the Gram form ``K = ⟨h_i, h_j⟩·⟨δ_ia, δ_jb⟩`` at
     ``m1·m2·(d_in + Q·d_out)`` flops for ``T = 1`` and ``m1·m2·T·(T·d_in + T·O·d_out + Q·d_out)``
     otherwise, or per-sample gradients at ``(m1 + m2)·O·T·d_out·d_in + m1·m2·Q·d_out·d_in``.
-    BatchNorm (eval mode) affine parameters get their per-sample gradients directly
+    BatchNorm (eval mode or ``norm_mode="probe"``) affine parameters get their per-sample gradients directly
     (``m·O·A_l``); other single-call modules (LayerNorm, custom layers) from a local product of
     that module alone (``m·O`` module evaluations);
     anything else (tied weights, a module called twice, a plain callable's own tensors)
     falls back to Jacobian contraction restricted to those parameters. Memory
     ``≈ m·(T·d_in + O·T·d_out)`` per Gram layer and ``m·O·P_l`` per gradient layer. Exact for
-    any model whose samples are independent (eval mode). Pick it for dense layers (``T``
+    any model whose samples are independent (every ``norm_mode`` but ``"train"``, whose batch
+    Jacobian this implementation computes by Jacobian contraction). Pick it for dense layers (``T``
     small): MLP above ≈ 0.9 GFLOP, measured ≈ 460× faster than Jacobian contraction on two
     CPU cores. Convolutions with many positions use per-sample gradients, i.e. the Jacobian,
     so a CNN gains only from batching (ResNet-20, 32 samples: ≈ 1.2×)."""
 
+
+"""TF32 off for the duration (defined in ``_problem``; this name is imported by other modules)."""
 
 _TRIAL_SIZES = (4, 32)
 """Sub-probe sizes of the timed trial behind ``auto``."""
@@ -172,15 +193,20 @@ class _JacobianContraction:
         return torch.cat([j.reshape(b, j.shape[1], -1) for j in jac.values()], dim=2)
 
     def contract(self, j1: Tensor, j2: Tensor) -> Tensor:
-        b1, o, p = j1.shape
-        b2 = j2.shape[0]
-        if self.kind is NTKKind.FULL:
-            return (j1.reshape(b1 * o, p) @ j2.reshape(b2 * o, p).T).reshape(b1, o, b2, o)
-        if self.kind is NTKKind.TRACE:
-            return (j1.reshape(b1, o * p) @ j2.reshape(b2, o * p).T) / o
-        if self.kind is NTKKind.DIAGONAL:
-            return torch.einsum("iap,jap->ija", j1, j2)
-        return j1[:, 0] @ j2[:, 0].T  # pseudo: j has O = 1
+        return _contract_jacobians(j1, j2, self.kind)
+
+
+def _contract_jacobians(j1: Tensor, j2: Tensor, kind: NTKKind) -> Tensor:
+    """The kernel block of Jacobians ``(b1, O, P)`` and ``(b2, O, P)`` in canonical form (pseudo: O = 1)."""
+    b1, o, p = j1.shape
+    b2 = j2.shape[0]
+    if kind is NTKKind.FULL:
+        return (j1.reshape(b1 * o, p) @ j2.reshape(b2 * o, p).T).reshape(b1, o, b2, o)
+    if kind is NTKKind.TRACE:
+        return (j1.reshape(b1, o * p) @ j2.reshape(b2, o * p).T) / o
+    if kind is NTKKind.DIAGONAL:
+        return torch.einsum("iap,jap->ija", j1, j2)
+    return j1[:, 0] @ j2[:, 0].T  # pseudo: j has O = 1
 
 
 class _NTKVectorProducts:
@@ -318,10 +344,16 @@ def resolve_implementation(
     kind: NTKKind | str = "full",
     chunk_size: int | None = None,
     max_memory_bytes: int | None = None,
+    norm_mode: NormMode | str | None = None,
+    norm_statistics: Tensor | NormStatistics | None = None,
 ) -> NTKImplementation:
     """The implementation that ``implementation="auto"`` picks for these arguments.
 
     The arguments mean what they mean in :func:`empirical_ntk`.
+
+    With ``norm_mode="train"`` (one batch Jacobian) nothing is timed: Jacobian contraction when
+    the Jacobian fits the budget (else the free memory of the device), NTK-vector products
+    otherwise.
 
     The rule is a measurement, not a guess: every implementation whose memory estimate fits
     the budget (``max_memory_bytes``, else the free memory of the device) is timed on the first
@@ -343,7 +375,12 @@ def resolve_implementation(
         >>> chosen in set(NTKImplementation) - {NTKImplementation.AUTO}
         True
     """
-    problem, kind, x1, x2 = _prepare(model, params, x1, x2, kind, chunk_size, max_memory_bytes)
+    problem, kind, x1, x2 = _prepare(
+        model, params, x1, x2, kind, chunk_size, max_memory_bytes, norm_mode, norm_statistics
+    )
+    if problem.norm_mode == NormMode.TRAIN.value:
+        auto = NTKImplementation.AUTO
+        return _plan_batch(problem, kind, x1.shape[0], auto, chunk_size, max_memory_bytes)[0]
     return _resolve(problem, kind, x1, x2, chunk_size, max_memory_bytes)[0]
 
 
@@ -538,6 +575,99 @@ def _assemble(
     return out
 
 
+# ----------------------------------------------------------------------------------------------
+# norm_mode="train": the kernel of one batch Jacobian
+# ----------------------------------------------------------------------------------------------
+
+
+def _batch_memory_bytes(problem: Problem, kind: NTKKind, m: int, chunk: int, impl: NTKImplementation) -> int:
+    """Peak bytes of the batch kernel with ``chunk`` samples' output rows differentiated at once."""
+    o = 1 if kind is NTKKind.PSEUDO else problem.num_outputs
+    p, a = problem.parameter_count(), problem.activation_numel
+    kernel = _output_bytes(problem, kind, m, m) // problem.itemsize
+    if impl is NTKImplementation.NTK_VECTOR_PRODUCTS:
+        # Per column: a parameter cotangent, the batch's forward-mode tangents and a kernel column.
+        numbers = chunk * o * (p + 2 * m * a + m * o) + m * a + 2 * kernel
+    else:
+        # The Jacobian (and its concatenation), the vmapped backward of ``chunk·O`` output rows.
+        numbers = 2 * m * o * p + chunk * o * m * a + m * a + 2 * kernel
+    return numbers * problem.itemsize
+
+
+def _plan_batch(
+    problem: Problem,
+    kind: NTKKind,
+    m: int,
+    implementation: NTKImplementation,
+    chunk_size: int | None,
+    budget: int | None,
+) -> tuple[NTKImplementation, int | None]:
+    """Implementation (Jacobian contraction or NTK-vector products) and chunk size of the batch kernel."""
+    if implementation is NTKImplementation.STRUCTURED:  # no per-layer factorisation of a batch Jacobian
+        implementation = NTKImplementation.JACOBIAN_CONTRACTION
+    if implementation is NTKImplementation.AUTO:
+        limit = budget if budget is not None else _available_memory(problem.device)
+        jac = NTKImplementation.JACOBIAN_CONTRACTION
+        need = _batch_memory_bytes(problem, kind, m, chunk_size or 1, jac)
+        fits = limit is None or need <= _BUDGET_MARGIN * limit
+        implementation = jac if fits else NTKImplementation.NTK_VECTOR_PRODUCTS
+    if chunk_size is not None or budget is None:
+        return implementation, chunk_size
+    available = int(_BUDGET_MARGIN * budget)
+    if _batch_memory_bytes(problem, kind, m, 1, implementation) > available:
+        need = _batch_memory_bytes(problem, kind, m, 1, implementation)
+        other = (
+            ""
+            if implementation is NTKImplementation.NTK_VECTOR_PRODUCTS
+            else "implementation='ntk_vector_products' (never stores the Jacobian), "
+        )
+        raise ValueError(
+            f"max_memory_bytes={budget} is too small for norm_mode='train' with "
+            f"implementation={implementation.value!r}: one sample's output rows at a time need about {need} "
+            f"bytes. Raise max_memory_bytes, use a smaller probe, {other}or norm_mode='probe'."
+        )
+    lo, hi = 1, m
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _batch_memory_bytes(problem, kind, m, mid, implementation) <= available:
+            lo = mid
+        else:
+            hi = mid - 1
+    return implementation, None if lo >= m else lo
+
+
+def _batch_kernel(
+    problem: Problem, kind: NTKKind, x: Tensor, implementation: NTKImplementation, chunk: int | None
+) -> Tensor:
+    """The kernel of the batch Jacobian ``∂f(θ, X)/∂θ`` (train mode) in the shapes of ``empirical_ntk``."""
+    m = x.shape[0]
+    params = problem.params
+    batched = problem.pseudo_batched if kind is NTKKind.PSEUDO else problem.batched
+    o = 1 if kind is NTKKind.PSEUDO else problem.num_outputs
+    step = (chunk or m) * o
+    if implementation is NTKImplementation.NTK_VECTOR_PRODUCTS:
+        _, vjp_fn = vjp(lambda p: batched(p, x), params)
+
+        def column(v: Tensor) -> Tensor:
+            (cotangent,) = vjp_fn(v)
+            return jvp(lambda p: batched(p, x), (params,), (cotangent,))[1]  # J Jᵀ v as (m, O)
+
+        basis = torch.eye(m * o, dtype=problem.dtype, device=problem.device).reshape(m * o, m, o)
+        columns = torch.cat([vmap(column)(basis[s : s + step]) for s in range(0, m * o, step)])
+        k = columns.reshape(m * o, m * o).T.reshape(m, o, m, o)  # row r of `columns` is K[:, r]
+        if kind is NTKKind.FULL:
+            return k.reshape(m * o, m * o)
+        if kind is NTKKind.PSEUDO:
+            return k[:, 0, :, 0]
+        diag = torch.diagonal(k, dim1=1, dim2=3)  # (m, m, O)
+        return diag.mean(dim=2) if kind is NTKKind.TRACE else diag
+    jac = jacrev(lambda p: batched(p, x).reshape(-1), chunk_size=None if chunk is None else step)(params)
+    j = torch.cat([t.reshape(m, o, -1) for t in jac.values()], dim=2)
+    del jac
+    k = _contract_jacobians(j, j, kind)
+    return k.reshape(m * o, m * o) if kind is NTKKind.FULL else k
+
+
 def _prepare(
     model: Any,
     params: Any,
@@ -546,15 +676,62 @@ def _prepare(
     kind: Any,
     chunk_size: int | None,
     max_memory_bytes: int | None,
+    norm_mode: Any = None,
+    norm_statistics: Any = None,
 ) -> tuple[Problem, NTKKind, Tensor, Tensor | None]:
     """The checked arguments shared by :func:`empirical_ntk` and :func:`resolve_implementation`."""
     kind = _enum_value(NTKKind, kind, "kind")
     _check_positive("chunk_size", chunk_size)
     _check_positive("max_memory_bytes", max_memory_bytes)
-    problem = Problem(model, params, x1, x2)
+    norm = _norm_override(model, params, x1, x2, mode_value(norm_mode), norm_statistics)
+    problem = Problem(model, params, x1, x2, norm=norm)
     x1 = x1.to(problem.device)
     x2 = None if x2 is None else x2.to(problem.device)
     return problem, kind, x1, x2
+
+
+def _norm_override(
+    model: Any, params: Any, x1: Tensor, x2: Tensor | None, mode: NormMode | None, statistics: Any
+) -> NormOverride | None:
+    """The normalisation override of ``mode`` (``None``: none), probe statistics computed or checked."""
+    if mode is None or mode is not NormMode.PROBE:
+        if statistics is not None:
+            raise ValueError(
+                f"norm_statistics is given but norm_mode={None if mode is None else mode.value!r}; "
+                "statistics are used only with norm_mode='probe'. Pass norm_mode='probe' or drop "
+                "norm_statistics."
+            )
+        if mode is None:
+            return None
+        if mode is NormMode.TRAIN and x2 is not None:
+            raise ValueError(
+                "norm_mode='train' computes the kernel of one batch (the Jacobian of its outputs through the "
+                "batch statistics), so x2 must be None; pass the whole probe as x1."
+            )
+        if mode is NormMode.EVAL and isinstance(model, nn.Module):
+            check_eval_mode(model)
+        return NormOverride(mode)
+    if statistics is None:
+        if x2 is not None:
+            raise ValueError(
+                "norm_mode='probe' with x2 needs the batch whose statistics define the function: pass "
+                "norm_statistics=<the whole probe inputs> or norm_statistics=probe_statistics(model, probe)."
+            )
+        statistics = x1
+    if isinstance(statistics, Tensor):
+        source = params
+        if source is None:
+            source = trainable_params(model) if isinstance(model, nn.Module) else {}
+        first = next((v for v in source.values() if isinstance(v, Tensor)), None) if source else None
+        if first is not None:
+            statistics = statistics.to(first.device)
+        statistics = probe_statistics(model, statistics, params=params)
+    elif not isinstance(statistics, NormStatistics):
+        raise TypeError(
+            f"norm_statistics must be a tensor of inputs or a NormStatistics from probe_statistics(); "
+            f"got {type(statistics).__name__}."
+        )
+    return NormOverride(mode, statistics)
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -573,15 +750,35 @@ def empirical_ntk(
     implementation: NTKImplementation | str = "auto",
     chunk_size: int | None = None,
     max_memory_bytes: int | None = None,
+    norm_mode: NormMode | str | None = None,
+    norm_statistics: Tensor | NormStatistics | None = None,
 ) -> Tensor:
     """Empirical NTK ``J(x1) J(x2)ᵀ`` of a model at its current (or given) parameters.
 
     The model is evaluated through ``torch.func.functional_call`` on detached
     parameters, so nothing the optimizer sees is touched and no ``.grad`` is
-    written; train/eval flags, buffers and the global RNG are left as they were. The
-    NTK is a per-sample quantity: a module with BatchNorm in training mode (or without
-    running statistics) or active dropout is rejected, call ``model.eval()`` first. A
-    plain callable is evaluated as given, so it must treat samples independently too.
+    written; train/eval flags, buffers and the global RNG are left as they were.
+
+    Which function's kernel, for normalisation layers (``norm_mode``, see :class:`NormMode`):
+
+    * ``None`` (default): the model as it is. The NTK is then a per-sample quantity: a module
+      with BatchNorm in training mode (or without running statistics) or active dropout is
+      rejected, call ``model.eval()`` first. A plain callable is evaluated as given, so it must
+      treat samples independently too.
+    * ``"probe"``: BatchNorm normalises with the batch statistics of ``norm_statistics`` (default:
+      of ``x1``) at these parameters, held constant; the per-sample kernel of that function.
+      For rows ``x1`` of a probe against the whole probe ``x2``, pass the whole probe (or its
+      :func:`probe_statistics`) as ``norm_statistics``: the block then equals those rows of
+      the whole kernel.
+    * ``"train"``: the exact Jacobian of the batch ``x1``'s outputs in training mode, through
+      the batch statistics (``x2`` must be ``None``; about ``m×`` the cost; ``"structured"``
+      computes it by Jacobian contraction, ``"auto"`` picks Jacobian contraction or, when the
+      Jacobian does not fit in memory, NTK-vector products).
+    * ``"eval"``: BatchNorm with its running statistics, per sample.
+
+    In the three modes dropout is off and the module may be in training mode: the
+    modes are applied during each forward only, running statistics are never updated, and
+    flags and buffers are as before afterwards. SyncBatchNorm is treated as BatchNorm.
 
     Args:
         model: an ``nn.Module`` (its ``requires_grad=True`` parameters are
@@ -601,7 +798,15 @@ def empirical_ntk(
             the features of the chunks in flight and the temporaries; not the model and
             the probe themselves). When ``chunk_size`` is ``None`` the chunk size is
             derived from it with the implementation's memory estimate; ``"auto"`` skips
-            implementations that cannot fit it. ``None``: no budget.
+            implementations that cannot fit it. ``None``: no budget. With
+            ``norm_mode="train"`` the chunk is the number of samples whose output rows are
+            differentiated at once (the batch Jacobian itself is kept whole by Jacobian
+            contraction and never stored by NTK-vector products).
+        norm_mode: ``None``, ``"probe"``, ``"train"`` or ``"eval"``; see above and :class:`NormMode`.
+        norm_statistics: ``norm_mode="probe"`` only: the inputs whose batch statistics define
+            the function (a tensor ``(m, *input_shape)``, e.g. the whole probe), or statistics
+            already computed by :func:`probe_statistics` (e.g. broadcast from another rank).
+            ``None``: those of ``x1``, allowed only when ``x2`` is ``None``.
 
     Returns:
         The kernel, with the dtype of the parameters (float64 in, float64 out) on
@@ -611,9 +816,14 @@ def empirical_ntk(
     Raises:
         ValueError: unknown ``kind`` or ``implementation``, mismatched input shapes,
             no trainable parameters, a non-positive ``chunk_size`` or
-            ``max_memory_bytes``, a budget too small for one sample per chunk, or a
-            module in a sample-mixing mode (BatchNorm in training mode, active dropout).
-        TypeError: a model output that is not a tensor, or inputs that are not tensors.
+            ``max_memory_bytes``, a budget too small for one sample per chunk, a
+            module in a sample-mixing mode (BatchNorm in training mode, active dropout)
+            with ``norm_mode=None``, an unknown ``norm_mode``, ``norm_statistics`` outside the
+            probe mode or from another model, ``x2`` without ``norm_statistics`` in the probe
+            mode or with ``norm_mode="train"``, or ``norm_mode="eval"`` with a BatchNorm that
+            has no running statistics.
+        TypeError: a model output that is not a tensor, inputs that are not tensors, or
+            ``norm_statistics`` of another type.
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -630,11 +840,28 @@ def empirical_ntk(
         >>> k_s = empirical_ntk(lin, x, implementation="structured", max_memory_bytes=2**20)
         >>> torch.allclose(k_s, expected)
         True
+
+        A BatchNorm network in training mode, rows of the probe against the whole probe:
+
+        >>> net = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 2)).double()
+        >>> probe = torch.randn(8, 3, dtype=torch.float64)
+        >>> k = empirical_ntk(net, probe, norm_mode="probe")
+        >>> rows = empirical_ntk(net, probe[:3], probe, norm_mode="probe", norm_statistics=probe)
+        >>> torch.allclose(rows, k[:6]), net.training, int(net[1].num_batches_tracked)
+        (True, True, 0)
+        >>> empirical_ntk(net, probe, norm_mode="train").shape
+        torch.Size([16, 16])
     """
     implementation = _enum_value(NTKImplementation, implementation, "implementation")
-    problem, kind, x1, x2 = _prepare(model, params, x1, x2, kind, chunk_size, max_memory_bytes)
+    problem, kind, x1, x2 = _prepare(
+        model, params, x1, x2, kind, chunk_size, max_memory_bytes, norm_mode, norm_statistics
+    )
     m1 = x1.shape[0]
     m2 = m1 if x2 is None else x2.shape[0]
+    if problem.norm_mode == NormMode.TRAIN.value:
+        impl, chunk = _plan_batch(problem, kind, m1, implementation, chunk_size, max_memory_bytes)
+        with full_precision():
+            return _batch_kernel(problem, kind, x1, impl, chunk)
     if implementation is NTKImplementation.AUTO:
         implementation, kernel = _resolve(problem, kind, x1, x2, chunk_size, max_memory_bytes)
         if kernel is not None and max_memory_bytes is None and chunk_size is None:
