@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_lplr.callbacks.probe import default_input_fn, default_target_fn
+from lightning_lplr.callbacks.probe import default_target_fn
 from lightning_lplr.functional._checks import check_callable, check_choice, check_float, check_int, is_real
 from lightning_lplr.functional.ntk import NTKImplementation
 from lightning_lplr.schedules import Schedule, as_schedule, log_spaced
@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 MONITOR_KINDS = ("full", "trace", "pseudo")
+NORM_MODES = ("probe", "train", "eval")
 LOSS_STAR_STRATEGIES = ("zero", "running_min", "fit")
 
 
@@ -94,22 +95,26 @@ class NTKConfig:
     implementation: str = "structured"
     chunk_size: int | None = None
     max_memory_bytes: int | None = None
+    norm_mode: str = "probe"
+    full_batch: bool | None = None
+    probe_size_explicit: bool = False
+    """Whether the user chose ``probe_size`` (then a larger one than the dataset is an error)."""
 
     @classmethod
     def build(cls, arguments: Mapping[str, Any]) -> NTKConfig:
         """Check the NTK arguments among a monitor's ``arguments`` and resolve the preset.
 
         ``kind``, ``probe_size`` and ``ntk_every`` left ``None`` come from the preset;
-        ``input_fn`` / ``target_fn`` default to the batch conventions of
-        :func:`~lightning_lplr.callbacks.probe.default_input_fn` and ``default_target_fn``.
+        ``target_fn`` defaults to :func:`~lightning_lplr.callbacks.probe.default_target_fn`; an
+        ``input_fn`` left ``None`` is resolved against the model's ``forward`` at fit start.
         """
         kw = _fields_of(cls, arguments)
+        kw["probe_size_explicit"] = kw.get("probe_size") is not None
         preset = PRESETS[check_choice("preset", kw.get("preset", "default"), PRESETS, hint="e.g. 'cheap'.")]
         for name in ("kind", "probe_size", "ntk_every"):
             if kw.get(name) is None:
                 kw[name] = getattr(preset, name)
         kw["ntk_every"] = as_schedule(kw["ntk_every"], "ntk_every")
-        kw["input_fn"] = kw.get("input_fn") or default_input_fn
         kw["target_fn"] = kw.get("target_fn") or default_target_fn
         check_choice(
             "kind",
@@ -127,6 +132,9 @@ class NTKConfig:
         for name in ("input_fn", "target_fn", "output_fn"):
             check_callable(name, kw.get(name), signature=f"{name}(batch_or_output)")
         check_callable("loss_fn", kw.get("loss_fn"), signature="loss_fn(outputs, targets) -> scalar")
+        check_choice("norm_mode", kw.get("norm_mode", "probe"), NORM_MODES, hint="See docs/normalization.md.")
+        if kw.get("full_batch") not in (None, True, False):
+            raise ValueError(f"full_batch={kw['full_batch']!r} must be None (detect), True or False.")
         return cls(**kw)
 
 
@@ -150,6 +158,15 @@ class StepConfig:
         kw["step_every"] = as_schedule(kw["step_every"], "step_every")
         check_int("flush_every", kw["flush_every"], minimum=1, hint="(steps per batch of writes)")
         kw["loss_star"] = check_loss_star(kw["loss_star"])
+        if kw["loss_star"] == "running_min":
+            warnings.warn(
+                "loss_star='running_min' is deprecated online: while the loss falls, the running minimum "
+                "includes the current step, so the gap is margin·L and the PL ratios are inflated by "
+                "1/margin. Use loss_star='fit' or the known optimum as a float; the report recomputes a "
+                "post-hoc running minimum (lightning-lplr report --loss-star running_min).",
+                FutureWarning,
+                stacklevel=4,
+            )
         check_float("loss_star_margin", kw["loss_star_margin"], minimum=0.0)
         check_int("envelope_window", kw["envelope_window"], minimum=1, allow_none=True)
         check_float("envelope_quantile", kw["envelope_quantile"], minimum=0.0, maximum=1.0, strict=True)
@@ -189,6 +206,8 @@ LPLR_ARGUMENTS = frozenset(
         "rate_min_points",
         "prefix",
         "log_histograms",
+        "norm_mode",
+        "full_batch",
     }
 )
 """Every argument of :class:`~lightning_lplr.LPLRMonitor` (a test keeps it equal to the signature)."""

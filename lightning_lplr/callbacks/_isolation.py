@@ -20,9 +20,36 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["compute_context", "float32_state", "preserved"]
+__all__ = ["compute_context", "float32_state", "preserved", "rng_preserved"]
 
 _HALF = (torch.float16, torch.bfloat16)
+
+
+@contextlib.contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Restore every global random generator on exit: torch (CPU, CUDA), Python ``random``, NumPy.
+
+    Example:
+        >>> state = random.getstate()
+        >>> with rng_preserved():
+        ...     _ = random.random(), np.random.rand(), torch.rand(1)
+        >>> random.getstate() == state
+        True
+    """
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = (
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    )
+    python_rng = random.getstate()
+    numpy_rng = np.random.get_state()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        random.setstate(python_rng)
+        np.random.set_state(numpy_rng)
 
 
 @contextlib.contextmanager
@@ -38,22 +65,12 @@ def preserved(module: nn.Module) -> Iterator[None]:
         (True, True)
     """
     modes = [(m, m.training) for m in module.modules()]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = (
-        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    )
-    python_rng = random.getstate()
-    numpy_rng = np.random.get_state()
     try:
-        yield
+        with rng_preserved():
+            yield
     finally:
         for m, mode in modes:
             m.training = mode
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        random.setstate(python_rng)
-        np.random.set_state(numpy_rng)
 
 
 @contextlib.contextmanager

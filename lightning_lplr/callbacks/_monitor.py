@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import lightning.pytorch as pl
@@ -27,6 +28,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_lplr.callbacks._collective import Collective, LocalCollective, StrategyCollective
+from lightning_lplr.callbacks._conditions import Predictor, RunConditions, loss_pred_reason, optimizer_info
 from lightning_lplr.callbacks._config import StepConfig
 from lightning_lplr.callbacks._journal import Journal
 from lightning_lplr.callbacks._ntk_part import NTKPart
@@ -41,8 +43,9 @@ from lightning_lplr.callbacks._step_buffer import (
 from lightning_lplr.callbacks._step_parts import GapSeries, PLPart, RatePart
 from lightning_lplr.callbacks._summary import summary_markdown
 from lightning_lplr.reporting import tensorboard as tb
-from lightning_lplr.reporting.fanout import update_callback_metrics
+from lightning_lplr.reporting.fanout import update_callback_metrics, write_marker
 from lightning_lplr.reporting.keys import ALL_KEYS, SKIP_KEYS
+from lightning_lplr.reporting.marker import make_marker
 
 __all__ = ["Monitor"]
 
@@ -84,6 +87,9 @@ class Monitor(Callback):
         self._buffer = StepBuffer(step.flush_every if step is not None else 1)
         self._trainer_ref: weakref.ReferenceType[pl.Trainer] | None = None
         self._collective: Collective = LocalCollective()
+        self._conditions = RunConditions()
+        self._loss_pred_reason: str | None = "the run has not started"
+        self._predict: Predictor | None = None
         self._parts = tuple(
             name
             for name, part in (
@@ -196,8 +202,58 @@ class Monitor(Callback):
         keys = {self.prefix + key for key in ALL_KEYS + SKIP_KEYS}
         flush_every = self._buffer.flush_every
         self._buffer.reset(1 if monitored_keys(trainer) & keys else flush_every)
-        if self._ntk is not None:
-            self._ntk.on_train_start(trainer, pl_module, self._collective)
+        ntk = self._ntk
+        if ntk is not None:
+            ntk.on_train_start(trainer, pl_module, self._collective)
+        self._conditions = RunConditions.of(
+            trainer,
+            pl_module,
+            probe_size=None if ntk is None or ntk.probe is None else ntk.probe.size,
+            probe_from_training_set=ntk is not None and ntk.config.probe is None,
+            full_batch=None if ntk is None else ntk.config.full_batch,
+        )
+        full_kernel = ntk is not None and ntk.with_kernel and ntk.config.kind == "full"
+        has_loss_fn = ntk is not None and ntk.config.loss_fn is not None
+        self._loss_pred_reason = loss_pred_reason(
+            self._conditions, list(trainer.optimizers), full_kernel=full_kernel, has_loss_fn=has_loss_fn
+        )
+        self._predict = None
+        if self._rate is not None and ntk is not None:
+            quantities = ntk.quantities
+            self._predict = Predictor(
+                self._conditions,
+                has_loss_fn=has_loss_fn,
+                full_kernel=full_kernel,
+                latest=lambda: (quantities.mu_ntk, quantities.beta, quantities.probe_loss),
+            )
+        write_marker(trainer, self.prefix, self._marker(trainer))
+
+    def _marker(self, trainer: pl.Trainer) -> dict[str, Any]:
+        """What this run's keys assume (the report reads it back)."""
+        ntk, conditions = self._ntk, self._conditions
+        config = None if ntk is None else ntk.config
+        info = optimizer_info(trainer.optimizers[0]) if trainer.optimizers else None
+        loss_fn = None if config is None else config.loss_fn
+        loss_star = None if self._gaps is None else self._gaps.loss_star
+        return make_marker(
+            package_version=_package_version(),
+            monitor=type(self).__name__,
+            prefix=self.prefix,
+            kernel_kind=None if ntk is None or not ntk.with_kernel else config.kind,  # type: ignore[union-attr]
+            norm_mode=None if config is None else config.norm_mode,
+            loss=None if loss_fn is None else getattr(loss_fn, "__name__", type(loss_fn).__name__),
+            loss_star=loss_star,
+            optimizer=None if info is None else info["name"],
+            momentum=None if info is None else info["momentum"],
+            plain_sgd=info is not None
+            and info["sgd"]
+            and info["momentum"] == 0
+            and not (info["nesterov"] or info["weight_decay"] or info["several_lrs"])
+            and len(trainer.optimizers) == 1,
+            probe_is_training_set=conditions.probe_is_training_set,
+            full_batch=conditions.full_batch,
+            world_size=trainer.world_size,
+        )
 
     @override
     def on_train_batch_start(
@@ -211,7 +267,8 @@ class Monitor(Callback):
         if ntk is None or not ntk.wants(t):
             return
         self._flush(trainer)  # the earlier steps first: they are described by the previous sample
-        record.probe.update(ntk.sample(pl_module, t, self._collective, _current_lr(trainer)))
+        metrics = ntk.sample(pl_module, t, self._collective, _current_lr(trainer), self._loss_pred_reason)
+        record.probe.update(metrics)
         if self.log_histograms and ntk.eigenvalues is not None and trainer.is_global_zero:
             tb.add_eigenvalue_histogram(trainer.loggers, self.prefix + "ntk/eigenvalues", ntk.eigenvalues, t)
 
@@ -220,20 +277,24 @@ class Monitor(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         record = self._buffer.current
-        if record is None or not record.wants_step:
+        if record is None:
+            return
+        record.optimizers += 1
+        if record.optimizers == 1:  # the first optimizer's step size and type
+            lr = optimizer.param_groups[0].get("lr", math.nan)
+            # A tensor lr is updated in place by schedulers: keep its value at this step.
+            record.lr = lr.detach().clone() if isinstance(lr, Tensor) else lr
+            record.optimizer = optimizer_info(optimizer)
+            if self._ntk is not None:
+                self._ntk.quantities.observe_lr(float(lr))
+        if not record.wants_step:
             return
         norm = grad_norm(optimizer)
         if norm is not None:
             # Several optimizers stepping in one batch (manual optimization) apply disjoint
-            # parts of the gradient: their squared norms add up to the whole one.
+            # parts of the gradient: their squared norms add up (the PL part does not use it then).
             square = norm.square()
             record.grad_norm_sq = square if record.grad_norm_sq is None else record.grad_norm_sq + square
-        record.optimizers += 1
-        if record.lr is None:  # the first optimizer's step size and type
-            lr = optimizer.param_groups[0].get("lr", math.nan)
-            # A tensor lr is updated in place by schedulers: keep its value at this step.
-            record.lr = lr.detach().clone() if isinstance(lr, Tensor) else lr
-            record.optimizer = {"plain_sgd": _is_plain_sgd(optimizer)}
 
     @override
     def on_train_batch_end(
@@ -345,25 +406,23 @@ class Monitor(Callback):
         grad_norm_sq = [next(values) if r.grad_norm_sq is not None else math.nan for r in with_loss]
 
         steps, history, out = self._gaps.gaps(with_loss, losses, grad_norm_sq)
-        mu: list[float] = []
+        predictions = {}
         for step in steps:
-            metrics = self._pl.metrics(step) if self._pl is not None else {}
-            out[step.record.step] = metrics
-            if self._rate is not None:
-                mu_ntk = math.nan if self._ntk is None else self._ntk.mu_ntk
-                envelope = self._pl.envelope.minimum if self._pl is not None else math.nan
-                mu.append(mu_ntk if math.isfinite(mu_ntk) else envelope)
+            out[step.record.step] = self._pl.metrics(step) if self._pl is not None else {}
+            if self._predict is not None:  # in step order: a sample's loss check holds from its step on
+                predictions[step.record.step] = self._predict(step)
         if self._rate is not None:
-            beta = math.nan if self._ntk is None else self._ntk.beta
-            for t, metrics in self._rate.metrics(history, steps, mu, beta).items():
+            predict = (lambda step: predictions[step.record.step]) if self._predict is not None else None
+            for t, metrics in self._rate.metrics(history, steps, predict).items():
                 out[t].update(metrics)
         return out
 
 
-def _is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
-    if type(optimizer) is not torch.optim.SGD:
-        return False
-    return all(g.get("momentum", 0) == 0 and not g.get("nesterov", False) for g in optimizer.param_groups)
+def _package_version() -> str:
+    try:
+        return version("lightning-lplr")
+    except PackageNotFoundError:  # pragma: no cover - a source tree without install
+        return "unknown"
 
 
 def _current_lr(trainer: pl.Trainer) -> float:

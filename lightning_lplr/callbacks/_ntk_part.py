@@ -1,11 +1,14 @@
 """The NTK part of a monitor: the probe, the kernel at scheduled steps, its spectrum, drift and region.
 
-At each sample the part computes the probe kernel (row-sharded over ranks, see
-:mod:`._collective`), its spectrum, the drift from the first sample, the parameter drift and the
-region estimate (:mod:`lightning_lplr.functional.region`), and with ``loss_fn`` the full-batch
-PL ratio on the probe and its NTK lower bound ``μ_NTK``. Everything runs on detached
-parameters through ``torch.func.functional_call`` on the plain module (never the DDP wrapper),
-with modes and every RNG restored (:mod:`._isolation`).
+At each sample the part evaluates the probe once (outputs, and with ``loss_fn`` the probe loss
+and its output gradient), computes the probe kernel (row-sharded over ranks, see
+:mod:`._collective`), its spectrum and drift from the first sample under the kind's own key
+prefix, the parameter drift, and for the full kernel the region estimate
+(:mod:`lightning_lplr.functional.region`); :mod:`._probe_quantities` adds the PL ratio on the
+probe, ``μ_NTK``, the curvature ``β``, the linearisation gap and the kernel-predicted loss.
+Everything runs on detached parameters through ``torch.func.functional_call`` on the plain
+module (never the DDP wrapper), with modes and every RNG restored (:mod:`._isolation`), in
+float32 whatever the training precision, under the configured ``norm_mode``.
 """
 
 from __future__ import annotations
@@ -13,37 +16,38 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_lplr.callbacks._collective import Collective, any_failed, gather_rows, shards, split_spectra
 from lightning_lplr.callbacks._config import NTKConfig
-from lightning_lplr.callbacks._isolation import compute_context, preserved
+from lightning_lplr.callbacks._isolation import compute_context, float32_state, preserved
 from lightning_lplr.callbacks._journal import Journal
+from lightning_lplr.callbacks._model_call import ModelCall, cache_off, conventional_inputs
+from lightning_lplr.callbacks._probe_quantities import ProbeQuantities, parameter_gradient
 from lightning_lplr.callbacks._step_parts import GapSeries
 from lightning_lplr.callbacks.probe import Probe, select_probe
+from lightning_lplr.functional.normalization import NormStatistics, probe_statistics, with_norm_mode
 from lightning_lplr.functional.ntk import empirical_ntk, trainable_params
-from lightning_lplr.functional.objective import output_gradient, parameter_gradient_norm_sq
-from lightning_lplr.functional.pl import ntk_gradient_norm_sq, ntk_pl_bounds, pl_ratio
+from lightning_lplr.functional.objective import output_gradient
 from lightning_lplr.functional.region import parameter_distance, region_estimate, relative_drift
-from lightning_lplr.functional.spectrum import kernel_distance, spectrum_from_eigenvalues, spectrum_stats
+from lightning_lplr.functional.spectrum import kernel_distance, spectrum_from_eigenvalues
+from lightning_lplr.reporting.keys import KIND_PREFIXES
 
 __all__ = ["NTKPart"]
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 class NTKPart:
     """Probe, kernel samples and what is derived from them (see the module docstring).
 
     Args:
-        config: the monitor's checked NTK configuration (``kind``, ``probe_size``, ``ntk_every``, ``probe``,
-            ``probe_seed``, ``input_fn``, ``target_fn``, ``output_fn``, ``loss_fn``,
-            ``implementation``, ``chunk_size``, ``max_memory_bytes``).
+        config: the monitor's checked NTK configuration.
         kernel: whether the kernel is computed (``False``: only the probe PL ratio, for a
             ``PLMonitor`` with ``loss_fn``).
         gaps: the ``L*`` strategy of the probe losses.
@@ -56,23 +60,36 @@ class NTKPart:
         self.with_kernel = kernel
         self.gaps = gaps
         self.journal = journal
+        self.quantities = ProbeQuantities(journal)
+        self.loss_pred_reason: str | None = "not yet known"
         self.reset()
 
     def reset(self) -> None:
         """Forget the run (a new fit without a checkpoint)."""
         self.probe: Probe | None = None
         self.theta0: dict[str, Tensor] | None = None
+        self.state0: dict[str, Any] = {}
+        """Buffers and normalisation statistics at ``θ_0`` (the linearisation's reference function)."""
         self.kernel0: Tensor | None = None
         self.lambda_min0 = math.nan
         self.lambda_max0 = math.nan
         self.lipschitz = 0.0
         self.probe_losses: deque[tuple[int, float]] = deque(maxlen=self.gaps.window.maxlen)
         self.last_step = -1
-        self.beta = math.nan
-        self.mu_ntk = math.nan
         self.eigenvalues: Tensor | None = None
         """Eigenvalues of ``Θ`` at the latest sample (for histograms), or ``None``."""
+        self._call: ModelCall | None = None
+        self._half = False
         self._kernel_eigs: Tensor | None = None
+        self.quantities.reset()
+
+    @property
+    def mu_ntk(self) -> float:
+        return self.quantities.mu_ntk
+
+    @property
+    def beta(self) -> float:
+        return self.quantities.beta
 
     # ------------------------------------------------------------------ schedule and setup
     def wants(self, step: int) -> bool:
@@ -83,27 +100,31 @@ class NTKPart:
             return self.kernel0 is None or bool(self.schedule(step))
         return self.config.loss_fn is not None and bool(self.schedule(step))
 
-    def needs_probe(self) -> bool:
-        return self.with_kernel or self.config.loss_fn is not None
-
     def on_train_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, collective: Collective
     ) -> None:
-        """Choose the probe (rank zero's choice on every rank), keep ``θ_0``, move state to the device."""
+        """Choose the probe (rank zero's choice on every rank), keep ``θ_0``, check the model runs on it."""
         device = pl_module.device
-        if self.needs_probe():
-            if self.probe is None:
-                self.probe = collective.broadcast(self._select_probe(trainer), src=0)
-            self.probe = self.probe.to(device)
-            self._check_output(pl_module)
+        params = trainable_params(pl_module)
+        self._half = any(p.dtype in _HALF for p in params.values())
+        buffers = dict(pl_module.named_buffers())
+        self._call = ModelCall(
+            pl_module, self.config.output_fn, float32_state(buffers) if self._half else None
+        )
+        if self.probe is None:
+            self.probe = collective.broadcast(self._select_probe(trainer, pl_module), src=0)
+        self.probe = self.probe.to(device, float32=self._half)
+        self._check_model(pl_module)
         if self.theta0 is None:
-            self.theta0 = {k: v.clone() for k, v in trainable_params(pl_module).items()}
+            self.theta0 = {k: v.clone() for k, v in float32_state(params).items()}
+            self.state0 = self._reference_state(pl_module)
         else:
             self.theta0 = {k: v.to(device) for k, v in self.theta0.items()}
+            self.state0 = _moved(self.state0, device)
         if self.kernel0 is not None:
             self.kernel0 = self.kernel0.to(device)
 
-    def _select_probe(self, trainer: pl.Trainer) -> Probe:
+    def _select_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Probe:
         config = self.config
         source = config.probe
         if source is None:
@@ -114,96 +135,182 @@ class NTKPart:
                 raise ValueError(
                     f"{self.journal.owner} found no training dataloader to draw the probe from; pass probe=."
                 )
-        return select_probe(
+        input_fn = config.input_fn or (lambda batch: conventional_inputs(batch, pl_module))
+        probe = select_probe(
             source,
             config.probe_size,
             seed=config.probe_seed,
-            input_fn=config.input_fn,
+            input_fn=input_fn,
             target_fn=config.target_fn,
+            clip=not config.probe_size_explicit,
+            streaming_ok=config.probe is not None,
         )
-
-    def model_fn(self, pl_module: nn.Module) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
-        """``f(params, x)`` of the plain module, with ``output_fn`` applied."""
-        output_fn = self.config.output_fn
-
-        def fn(params: dict[str, Tensor], x: Tensor) -> Tensor:
-            out = functional_call(pl_module, params, (x,))
-            return output_fn(out) if output_fn is not None else out
-
-        return fn
-
-    def _check_output(self, pl_module: pl.LightningModule) -> None:
-        assert self.probe is not None
-        with preserved(pl_module), torch.no_grad():
-            pl_module.eval()
-            out = self.model_fn(pl_module)(trainable_params(pl_module), self.probe.x[:1])
-        if not isinstance(out, Tensor):
-            raise ValueError(
-                f"the model returned a {type(out).__name__}, not a tensor, so the NTK cannot be formed; pass "
-                "output_fn=lambda out: out['logits'] (or whatever picks the output tensor) to the monitor."
+        if probe.size < config.probe_size:
+            self.journal.warn_once(
+                "probe_clipped",
+                f"{self.journal.owner}: the training set has {probe.size} samples, fewer than the default "
+                f"probe_size={config.probe_size}; the probe is the whole training set.",
             )
+        return probe
+
+    def _reference_state(self, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """What the linearisation at ``θ_0`` needs besides ``θ_0``: buffers (eval) or probe statistics."""
+        assert self.probe is not None and self._call is not None
+        buffers = {k: v.detach().clone() for k, v in pl_module.named_buffers()}
+        state: dict[str, Any] = {"buffers": float32_state(buffers) if self._half else buffers}
+        if self.config.norm_mode == "probe":
+            with preserved(pl_module), compute_context(pl_module), cache_off(pl_module):
+                pl_module.eval()
+                state["statistics"] = probe_statistics(
+                    self._call, self.probe.x, params=self._params(pl_module)
+                )
+        return state
+
+    def _params(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+        params = trainable_params(pl_module)
+        return float32_state(params) if self._half else params
+
+    def _check_model(self, pl_module: pl.LightningModule) -> None:
+        """The model must run on the probe and return a tensor (else a configuration error at the start)."""
+        assert self.probe is not None and self._call is not None
+        with preserved(pl_module), torch.no_grad(), compute_context(pl_module), cache_off(pl_module):
+            pl_module.eval()
+            try:
+                self._call.calibrate(self._params(pl_module), self.probe.rows(slice(0, 2)))
+            except Exception as err:
+                raise ValueError(
+                    f"{self.journal.owner} cannot run {type(pl_module).__name__}.forward on the probe "
+                    f"({type(err).__name__}: {err}). The probe comes from "
+                    f"{'probe=' if self.config.probe is not None else 'the training data'}: pass probe= with "
+                    "inputs forward accepts, input_fn= to pick them out of a batch, or output_fn= to pick "
+                    "the output tensor."
+                ) from err
 
     # ------------------------------------------------------------------ one sample
     def sample(
-        self, pl_module: pl.LightningModule, step: int, collective: Collective, lr: float
+        self,
+        pl_module: pl.LightningModule,
+        step: int,
+        collective: Collective,
+        lr: float,
+        loss_pred: str | None,
     ) -> dict[str, float]:
-        """Everything measured at ``step`` (keys without prefix); every rank must call it."""
+        """Everything measured at ``step`` (keys without prefix); every rank must call it.
+
+        ``loss_pred``: ``None`` when the kernel-predicted loss applies to the run, else why not.
+        """
         self.last_step = step
         started = time.perf_counter()
-        metrics: dict[str, float] = {}
         self.eigenvalues = None
-        with preserved(pl_module), compute_context(pl_module):
+        config = self.config
+        assert self.probe is not None and self._call is not None
+        with preserved(pl_module), compute_context(pl_module), cache_off(pl_module):
             pl_module.eval()
-            kernel = self._kernel(pl_module, collective) if self.with_kernel else None
+            params = self._params(pl_module)
+            x, y = self.probe.x, self.probe.y
+            statistics = None
+            if config.norm_mode == "probe":
+                statistics = probe_statistics(self._call, x, params=params)
+            fn = with_norm_mode(self._call, config.norm_mode, statistics)
+            kernel = (
+                self._kernel(params, collective, statistics, pl_module.device) if self.with_kernel else None
+            )
             if self.with_kernel and kernel is None:
                 return {"skipped/ntk_error": float(self.journal.skips["ntk_error"])}
+            with torch.no_grad():
+                outputs = fn(params, x)
+            metrics: dict[str, float] = {}
+            full = kernel is not None and config.kind == "full"
             if kernel is not None:
-                metrics.update(self._ntk_metrics(pl_module, kernel, collective, lr))
-            if self.config.loss_fn is not None:
-                metrics.update(self._probe_pl_metrics(pl_module, kernel, step))
+                metrics.update(self._kernel_metrics(kernel, params, collective))
+            loss_fn = config.loss_fn
+            if loss_fn is not None and y is None:
+                self.journal.warn_once(
+                    "no_targets", "loss_fn is set but the probe has no targets; pass target_fn=."
+                )
+            elif loss_fn is not None:
+                loss, g = output_gradient(loss_fn, outputs, y)
+                self.probe_losses.append((step, loss))
+                metrics.update(
+                    self.quantities.pl_metrics(
+                        step=step,
+                        loss=loss,
+                        g=g,
+                        loss_star=self.gaps.star(self.probe_losses),
+                        kernel=kernel if full else None,
+                        eigenvalues=self._kernel_eigs if full else None,
+                        grad_norm_sq=parameter_gradient(fn, params, x, y, loss_fn),
+                    )
+                )
+                if full:
+                    assert kernel is not None
+                    metrics.update(self.quantities.curvature(kernel, outputs, y, loss_fn, lr))
+                    metrics.update(
+                        self.quantities.predicted_loss(
+                            step=step,
+                            reason=loss_pred,
+                            kernel=kernel,
+                            outputs=outputs,
+                            targets=y,
+                            loss_fn=loss_fn,
+                            loss=loss,
+                        )
+                    )
+            if self.with_kernel:
+                metrics.update(self._linearization(params, outputs))
         metrics["cost/ntk_seconds"] = time.perf_counter() - started
         return metrics
 
-    def _kernel(self, pl_module: pl.LightningModule, collective: Collective) -> Tensor | None:
+    def _kernel(
+        self, params: dict[str, Tensor], collective: Collective, statistics: Any, device: torch.device
+    ) -> Tensor | None:
         """The probe kernel on every rank, or ``None`` when any rank failed (all ranks skip together)."""
-        assert self.probe is not None
+        assert self.probe is not None and self._call is not None
         config = self.config
         x = self.probe.x
         world = collective.world_size
-        rows, _ = shards(x.shape[0], world)[collective.rank]
+        whole = world == 1 or config.norm_mode == "train"  # a batch Jacobian is not sharded
+        rows, _ = shards(self.probe.size, world)[collective.rank]
         error: BaseException | None = None
         block: Tensor | None = None
+        kwargs: dict[str, Any] = {
+            "params": params,
+            "kind": config.kind,
+            "implementation": config.implementation,
+            "chunk_size": config.chunk_size,
+            "max_memory_bytes": config.max_memory_bytes,
+            "norm_mode": config.norm_mode,
+        }
         try:
-            kwargs = {
-                "params": trainable_params(pl_module),
-                "kind": config.kind,
-                "implementation": config.implementation,
-                "chunk_size": config.chunk_size,
-                "max_memory_bytes": config.max_memory_bytes,
-            }
-            fn = self.model_fn(pl_module)
-            block = empirical_ntk(fn, x, **kwargs) if world == 1 else empirical_ntk(fn, x[rows], x, **kwargs)
+            if whole:
+                block = empirical_ntk(self._call, x, **kwargs)
+            else:
+                if statistics is not None:
+                    kwargs["norm_statistics"] = statistics
+                block = empirical_ntk(self._call, self.probe.rows(rows), x, **kwargs)
         except Exception as err:  # the user's run must go on, whatever the NTK hit (OOM included)
             error = err
-        if any_failed(collective, error is not None, pl_module.device):
+        if any_failed(collective, error is not None, device):
             error = error or RuntimeError("the NTK computation failed on another rank")
             self.journal.skip("ntk_error", f"the NTK computation raised {type(error).__name__}: {error}")
             return None
         assert block is not None
-        if world == 1:
+        if whole:
             return block.to(torch.float64)
         # Gather in the kernel's own dtype (float32 moves half the bytes), then widen.
-        return gather_rows(collective, block, x.shape[0]).to(torch.float64)
+        return gather_rows(collective, block, self.probe.size).to(torch.float64)
 
     def _spectra(self, collective: Collective, kernel: Tensor) -> tuple[Tensor, float]:
         """Eigenvalues of ``K`` and ``‖K − K_0‖₂`` (split over ranks 0 and 1, see :func:`split_spectra`)."""
         return split_spectra(collective, kernel, self.kernel0)
 
-    def _ntk_metrics(
-        self, pl_module: pl.LightningModule, kernel: Tensor, collective: Collective, lr: float
+    def _kernel_metrics(
+        self, kernel: Tensor, params: dict[str, Tensor], collective: Collective
     ) -> dict[str, float]:
+        """Spectrum and drift under the kind's prefix; parameter drift; the region estimate (full kernel)."""
         assert self.probe is not None and self.theta0 is not None
         m = self.probe.size
+        self._kernel_eigs = None
         if not bool(torch.isfinite(kernel).all()):  # the same kernel on every rank: all skip together
             return self.journal.skip("ntk_error", "the NTK has non-finite entries")
         eigs, distance = self._spectra(collective, kernel)
@@ -215,89 +322,96 @@ class NTKPart:
         if self.kernel0 is None:
             self.kernel0 = kernel.detach().clone()
             self.lambda_min0, self.lambda_max0 = stats.lambda_min, stats.lambda_max
-        if math.isnan(self.lambda_max0):  # not yet known (e.g. an old checkpoint)
-            stats0 = spectrum_stats(self.kernel0, normalize=m)
-            self.lambda_min0, self.lambda_max0 = stats0.lambda_min, stats0.lambda_max
         # ‖Θ_0‖₂ = max |λ(Θ_0)|: the extreme eigenvalues of the first sample, kept.
-        extremes = [abs(v) for v in (self.lambda_min0, self.lambda_max0) if math.isfinite(v)]
-        norm0 = max(extremes) if extremes else math.nan
-        drift_op = relative_drift(distance / m, norm0)
-        radius = parameter_distance(trainable_params(pl_module), self.theta0)
-        region = region_estimate(self.lambda_min0, distance / m, radius, self.lipschitz)
-        self.lipschitz = region.lipschitz
-        self.beta = stats.lambda_max
-        return {
-            "ntk/lambda_min": stats.lambda_min,
-            "ntk/lambda_max": stats.lambda_max,
-            "ntk/condition_number": stats.condition_number,
-            "ntk/trace": stats.trace,
-            "ntk/effective_rank": stats.effective_rank,
-            "ntk/drift_op": drift_op,
-            "ntk/drift_fro": kernel_distance(kernel, self.kernel0, norm="fro"),
-            "ntk/lipschitz": region.lipschitz,
-            "ntk/eta_beta": lr * stats.lambda_max,
-            "param/drift": radius,
-            "region/mu_cert": region.mu_cert,
-            "region/inside": float(region.inside),
+        norm0 = max(abs(self.lambda_min0), abs(self.lambda_max0))
+        head = KIND_PREFIXES[self.config.kind]
+        metrics = {
+            head + "lambda_min": stats.lambda_min,
+            head + "lambda_max": stats.lambda_max,
+            head + "condition_number": stats.condition_number,
+            head + "trace": stats.trace,
+            head + "effective_rank": stats.effective_rank,
+            head + "drift_op": relative_drift(distance / m, norm0),
+            head + "drift_fro": kernel_distance(kernel, self.kernel0, norm="fro"),
+            "param/drift": parameter_distance(params, self.theta0),
         }
-
-    def _probe_pl_metrics(
-        self, pl_module: pl.LightningModule, kernel: Tensor | None, step: int
-    ) -> dict[str, float]:
-        assert self.probe is not None and self.config.loss_fn is not None
-        if self.probe.y is None:
-            self.journal.warn_once(
-                "no_targets", "loss_fn is set but the probe has no targets; pass target_fn=."
+        if self.config.kind == "full":
+            region = region_estimate(self.lambda_min0, distance / m, metrics["param/drift"], self.lipschitz)
+            self.lipschitz = region.lipschitz
+            metrics.update(
+                {
+                    "ntk/lipschitz": region.lipschitz,
+                    "region/mu_cert": region.mu_cert,
+                    "region/inside": float(region.inside),
+                }
             )
-            return {}
-        fn = self.model_fn(pl_module)
-        params = trainable_params(pl_module)
-        x, y = self.probe.x, self.probe.y
-        with torch.no_grad():
-            out = fn(params, x)
-        loss_value, g = output_gradient(self.config.loss_fn, out, y)
-        full = kernel is not None and self.config.kind == "full"
-        g64 = g.reshape(-1).to(torch.float64)
-        if full:
-            assert kernel is not None
-            grad_norm_sq = ntk_gradient_norm_sq(kernel, g64)
-        else:
-            grad_norm_sq = parameter_gradient_norm_sq(fn, params, x, y, self.config.loss_fn)
-        self.probe_losses.append((step, loss_value))
-        gap = loss_value - self.gaps.star(self.probe_losses)
-        metrics = {"pl/ratio_probe": pl_ratio(grad_norm_sq, gap)}
-        if full and gap > 0:
-            assert kernel is not None
-            self.mu_ntk = ntk_pl_bounds(kernel, g64, gap, kernel_eigenvalues=self._kernel_eigs).lower
-            metrics["pl/mu_ntk"] = self.mu_ntk
         return metrics
+
+    def _linearization(self, params: dict[str, Tensor], outputs: Tensor) -> dict[str, float]:
+        """``lin/gap`` and ``lin/gap_rel`` against the model linearised at ``θ_0`` (with its statistics)."""
+        assert self.probe is not None and self._call is not None and self.theta0 is not None
+        call, buffers0 = self._call, self.state0.get("buffers", {})
+
+        def at_theta0(p: dict[str, Tensor], x: Any) -> Tensor:
+            return call({**buffers0, **p}, x)
+
+        fn0 = with_norm_mode(at_theta0, self.config.norm_mode, self.state0.get("statistics"))
+        return self.quantities.linearization(fn0, self.theta0, self.probe.x, params, outputs)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         probe = self.probe
         return {
-            "probe_x": None if probe is None else probe.x.cpu(),
-            "probe_y": None if probe is None or probe.y is None else probe.y.cpu(),
+            "probe_x": None if probe is None else _moved(probe.x, "cpu"),
+            "probe_y": None if probe is None or probe.y is None else _moved(probe.y, "cpu"),
             "theta0": None if self.theta0 is None else {k: v.cpu() for k, v in self.theta0.items()},
+            "state0": _plain(_moved(self.state0, "cpu")),
             "kernel0": None if self.kernel0 is None else self.kernel0.cpu(),
             "lambda_min0": self.lambda_min0,
             "lambda_max0": self.lambda_max0,
             "lipschitz": self.lipschitz,
             "probe_losses": list(self.probe_losses),
             "last_ntk_step": self.last_step,
-            "beta": self.beta,
-            "mu_ntk": self.mu_ntk,
+            "quantities": self.quantities.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         x = state.get("probe_x")
         self.probe = None if x is None else Probe(x, state.get("probe_y"))
         self.theta0 = state.get("theta0")
+        self.state0 = _unplain(state.get("state0") or {})
         self.kernel0 = state.get("kernel0")
         self.lambda_min0 = state.get("lambda_min0", math.nan)
         self.lambda_max0 = state.get("lambda_max0", math.nan)
         self.lipschitz = state.get("lipschitz", 0.0)
         self.probe_losses = deque(state.get("probe_losses", []), maxlen=self.gaps.window.maxlen)
         self.last_step = state.get("last_ntk_step", -1)
-        self.beta = state.get("beta", math.nan)
-        self.mu_ntk = state.get("mu_ntk", math.nan)
+        self.quantities.load_state_dict(state.get("quantities", state))
+
+
+def _moved(value: Any, device: torch.device | str) -> Any:
+    """``value`` (tensors, dicts, tuples, normalisation statistics) with every tensor on ``device``."""
+    if isinstance(value, (Tensor, NormStatistics)):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _moved(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_moved(v, device) for v in value)
+    return value
+
+
+def _plain(state0: dict[str, Any]) -> dict[str, Any]:
+    """``state0`` with its statistics as plain lists (checkpoints load with ``weights_only=True``)."""
+    stats = state0.get("statistics")
+    if not isinstance(stats, NormStatistics):
+        return state0
+    plain = {"means": list(stats.means), "variances": list(stats.variances), "num_samples": stats.num_samples}
+    return {**state0, "statistics": plain}
+
+
+def _unplain(state0: dict[str, Any]) -> dict[str, Any]:
+    stats = state0.get("statistics")
+    if not isinstance(stats, dict):
+        return state0
+    restored = NormStatistics(tuple(stats["means"]), tuple(stats["variances"]), int(stats["num_samples"]))
+    return {**state0, "statistics": restored}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +18,14 @@ import numpy as np
 
 from lightning_lplr.callbacks._journal import Journal
 from lightning_lplr.callbacks._step_buffer import StepRecord
-from lightning_lplr.functional.pl import LowerEnvelope, estimate_loss_star, pl_ratio
-from lightning_lplr.functional.rate import classify_regime_rows, fit_linear_rate_rows, predicted_contraction
+from lightning_lplr.functional.pl import LowerEnvelope, estimate_loss_star, fit_loss_star, pl_ratio
+from lightning_lplr.functional.rate import classify_regime_rows, fit_linear_rate_rows
 from lightning_lplr.reporting.keys import REGIME_CODES
 
-__all__ = ["GapSeries", "PLPart", "RatePart", "StepGap"]
+__all__ = ["FIT_EVERY", "GapSeries", "PLPart", "RatePart", "StepGap"]
+
+FIT_EVERY = 25
+"""``loss_star='fit'`` re-estimates ``L*`` every this many steps, from past losses only."""
 
 
 @dataclass
@@ -54,19 +57,24 @@ class GapSeries:
         self.journal = journal
         self.window: deque[tuple[int, float]] = deque(maxlen=window)
         self.running_min = math.inf
+        self.fitted = math.nan
+        self.fit_step = -1
 
     def star(self, window: Iterable[tuple[int, float]], running_min: float | None = None) -> float:
-        """``L*`` for a window of ``(step, loss)``; ``running_min`` is the lowest loss of the run so far."""
+        """``L*`` for a window of ``(step, loss)`` seen so far (``"fit"``: the cached past-only fit)."""
         if self.loss_star == "running_min":
             lowest = min(v for _, v in window) if running_min is None else running_min
             return estimate_loss_star([lowest], "running_min", margin=self.margin)
         if self.loss_star == "fit":
-            steps = [s for s, _ in window]
-            losses = [v for _, v in window]
-            if len(losses) < 4:
-                return 0.0 if not losses else min(losses) - abs(min(losses)) * self.margin
-            return estimate_loss_star(losses, "fit", steps=steps)
+            return self.fitted
         return estimate_loss_star((), self.loss_star)  # "zero" or a number: the losses are not read
+
+    def _refit(self, step: int) -> None:
+        """``"fit"``: re-estimate ``L*`` every :data:`FIT_EVERY` steps from the losses before ``step``."""
+        if self.loss_star != "fit" or (self.fit_step >= 0 and step - self.fit_step < FIT_EVERY):
+            return
+        self.fit_step = step
+        self.fitted = fit_loss_star([s for s, _ in self.window], [v for _, v in self.window])
 
     def gaps(
         self, records: list[StepRecord], losses: list[float], grad_norm_sq: list[float]
@@ -77,24 +85,40 @@ class GapSeries:
         skipped: dict[int, dict[str, float]] = {}
         for record, loss, gsq in zip(records, losses, grad_norm_sq, strict=True):
             t = record.step
-            if not (math.isfinite(loss) and math.isfinite(gsq)):
+            if not math.isfinite(loss) or (record.optimizers <= 1 and not math.isfinite(gsq)):
                 skipped[t] = self.journal.skip(
                     "nonfinite_loss", f"non-finite loss {loss} or squared gradient norm {gsq}"
                 )
                 continue
+            self._refit(t)
             self.window.append((t, loss))
             history.append((t, loss))
             self.running_min = min(self.running_min, loss)
             star = self.star(self.window, self.running_min)
+            if math.isnan(star):
+                skipped[t] = self.journal.skip(
+                    "loss_star_unidentified",
+                    "loss_star='fit' cannot identify L* from the losses so far (too few, not decaying, or no "
+                    "plateau in the window)",
+                    warn=self.fit_step > FIT_EVERY,
+                )
+                continue
             out.append(StepGap(record, loss, gsq, star, loss - star, len(history) - 1))
         return out, history, skipped
 
     def state_dict(self) -> dict[str, Any]:
-        return {"window": list(self.window), "running_min": self.running_min}
+        return {
+            "window": list(self.window),
+            "running_min": self.running_min,
+            "fitted": self.fitted,
+            "fit_step": self.fit_step,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.window = deque(state.get("window", []), maxlen=self.window.maxlen)
         self.running_min = state.get("running_min", math.inf)
+        self.fitted = state.get("fitted", math.nan)
+        self.fit_step = state.get("fit_step", -1)
 
 
 class PLPart:
@@ -119,6 +143,14 @@ class PLPart:
             metrics.update(
                 self.journal.skip(
                     "nonpositive_gap", f"non-positive gap {step.gap} (L* = {step.loss_star})", warn=False
+                )
+            )
+        elif step.record.optimizers > 1:
+            metrics.update(
+                self.journal.skip(
+                    "several_optimizers",
+                    f"{step.record.optimizers} optimizers stepped in one training step; one returned loss "
+                    "cannot be paired with several optimizers' gradients, so pl/ratio_step is not logged",
                 )
             )
         else:
@@ -157,10 +189,9 @@ class RatePart:
         self,
         history: list[tuple[int, float]],
         steps: list[StepGap],
-        mu: list[float],
-        beta: float,
+        predict: Callable[[StepGap], tuple[str | None, float]] | None,
     ) -> dict[int, dict[str, float]]:
-        """``rate/*`` of each step of ``steps`` (``mu``: the PL constant to predict with, per step)."""
+        """``rate/*`` of each step of ``steps``; ``predict(step) -> (reason, ρ_pred)`` where it applies."""
         if not steps:
             return {}
         w = self.window
@@ -184,18 +215,35 @@ class RatePart:
                 "rate/regime": REGIME_CODES[str(regimes[k].value)],
             }
             out[step.record.step] = metrics
-            record = step.record
-            if not (record.optimizer or {}).get("plain_sgd", False):
-                self.journal.warn_once(
-                    "not_plain_sgd",
-                    "the optimizer is not plain SGD (momentum, Nesterov or an adaptive method): the "
-                    "predicted contraction 1 − 2ημ(1 − ηβ/2) holds for gradient descent only and is not "
-                    "logged; the measured rate still is.",
-                )
+            if predict is None:
                 continue
-            lr = math.nan if record.lr is None else float(record.lr)
-            if math.isfinite(mu[k]) and math.isfinite(lr):
-                metrics["rate/contraction_pred"] = predicted_contraction(
-                    lr, mu[k], beta if math.isfinite(beta) else None
+            reason, value = predict(step)
+            if reason is None:
+                metrics["rate/contraction_pred"] = value
+            else:
+                metrics.update(
+                    self.journal.skip(
+                        f"contraction_pred_{reason}",
+                        _REASONS.get(reason, reason),
+                        warn=True,
+                    )
                 )
         return out
+
+
+_REASONS = {
+    "several_optimizers": "several optimizers step in one training step",
+    "not_plain_sgd": "the optimizer is not plain SGD (momentum, Nesterov or an adaptive method)",
+    "weight_decay": "the optimizer applies weight decay",
+    "several_lrs": "the parameter groups have different learning rates",
+    "clipping": "gradient clipping is active",
+    "not_full_batch": "an optimizer step does not see the whole training set (mini-batches)",
+    "probe_not_training_set": "the probe is not the whole training set",
+    "no_loss_fn": "no loss_fn is given, so μ_NTK and β are unknown",
+    "no_full_kernel": "the kernel is not the full one",
+    "loss_mismatch": "loss_fn on the probe differs from the training loss (or could not be compared)",
+    "no_mu": "μ_NTK or β is not known at this step",
+    "unstable_step": "η·β ≥ 2: gradient descent is past its stability threshold",
+    "mu_above_beta": "μ > β: the gap's L* is likely wrong (μ ≤ β holds for any PL, β-smooth loss)",
+}
+"""What each reason of an absent ``rate/contraction_pred`` means (the once-per-reason warning)."""

@@ -136,6 +136,8 @@ class LPLRMonitor(Monitor):
         rate_min_points: int = 10,
         prefix: str = DEFAULT_PREFIX,
         log_histograms: bool = True,
+        norm_mode: str = "probe",
+        full_batch: bool | None = None,
     ) -> None:
         arguments = dict(locals())
         config = NTKConfig.build(arguments)

@@ -69,6 +69,8 @@ class NTKMonitor(Monitor):
         loss_star_margin: float = 1e-3,
         prefix: str = DEFAULT_PREFIX,
         log_histograms: bool = True,
+        norm_mode: str = "probe",
+        full_batch: bool | None = None,
         **ignored: Any,
     ) -> None:
         reject_ignored(type(self).__name__, ignored)

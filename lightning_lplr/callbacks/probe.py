@@ -1,17 +1,22 @@
 """The probe set: a fixed batch of training inputs on which the NTK is sampled.
 
-The probe is chosen once per fit and kept for the whole run (and in checkpoints):
-by default the first ``size`` samples of the training dataset, or a seeded random
-subset (a private ``torch.Generator``; the global RNG is never touched), or tensors /
-a dataloader the user passes. Batches that are dicts or tuples are split into
-inputs and targets by ``input_fn`` / ``target_fn``; the defaults understand a bare
-tensor, a ``(x, y, ...)`` tuple or list, and a dict with an ``"x"``/``"input"``/
-``"inputs"`` and ``"y"``/``"target"``/``"targets"``/``"label"``/``"labels"`` key.
+The probe is chosen once per fit and kept for the whole run (and in checkpoints): by default the
+first ``size`` samples of the training dataset, or a seeded random subset (a private
+``torch.Generator``), or tensors / a dataset / a dataloader the user passes. It is drawn from a
+deep copy of the dataset, through the dataset's own transform and the loader's ``collate_fn``,
+with every global random generator (torch, Python ``random``, NumPy) restored afterwards, so a
+dataset that augments with any of them — or with a generator of its own — hands the training
+loop exactly the samples it would have without the monitor.
+
+Inputs may be a tensor, a tuple or a dict of tensors (see :mod:`._model_call` for how each
+reaches ``forward``); ``input_fn`` / ``target_fn`` pick them out of a collated batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import copy
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,45 +24,40 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
+from lightning_lplr.callbacks._isolation import rng_preserved
+from lightning_lplr.callbacks._model_call import LABEL_KEYS, conventional_targets, tree_map, tree_size
+
 __all__ = ["Probe", "default_input_fn", "default_target_fn", "select_probe"]
 
-_INPUT_KEYS = ("x", "input", "inputs")
-_TARGET_KEYS = ("y", "target", "targets", "label", "labels")
 
+def default_input_fn(batch: Any) -> Any:
+    """The model inputs of a collated batch: a tensor, a tuple's first element, a dict without labels.
 
-def default_input_fn(batch: Any) -> Tensor:
-    """The model input of a collated batch.
-
-    Args:
-        batch: a tensor, a ``(x, y, ...)`` tuple/list, or a dict with an input key.
-
-    Raises:
-        ValueError: the batch structure is not understood; the message says to pass ``input_fn``.
+    The monitors refine this with the model's ``forward`` signature (several positional inputs,
+    the keywords it accepts); this module-free version serves :func:`select_probe` alone.
 
     Example:
         >>> default_input_fn((torch.zeros(2, 3), torch.ones(2))).shape
         torch.Size([2, 3])
+        >>> sorted(default_input_fn({"input_ids": torch.zeros(2, 4), "labels": torch.ones(2)}))
+        ['input_ids']
     """
     if isinstance(batch, Tensor):
         return batch
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
         return batch[0]
-    if isinstance(batch, Mapping):
-        for key in _INPUT_KEYS:
-            if key in batch and isinstance(batch[key], Tensor):
-                return batch[key]
-        raise ValueError(
-            f"the batch is a dict with keys {sorted(map(str, batch))}, none of which is a known input key "
-            f"{_INPUT_KEYS}; pass input_fn=lambda batch: batch['<your input key>'] to the monitor."
-        )
+    if isinstance(batch, dict):
+        inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS and isinstance(v, Tensor)}
+        if inputs:
+            return inputs
     raise ValueError(
-        f"cannot find the model input in a batch of type {type(batch).__name__}; pass "
-        "input_fn=lambda batch: <the input tensor> to the monitor."
+        f"cannot find the model inputs in a batch of type {type(batch).__name__}; pass "
+        "input_fn=lambda batch: <the inputs: a tensor, a tuple (positional) or a dict (keywords)>."
     )
 
 
-def default_target_fn(batch: Any) -> Tensor | None:
-    """The targets of a collated batch, or ``None`` when there are none.
+def default_target_fn(batch: Any) -> Any:
+    """The targets of a collated batch (second element or label entry), or ``None``.
 
     Example:
         >>> default_target_fn((torch.zeros(2, 3), torch.ones(2))).tolist()
@@ -65,69 +65,72 @@ def default_target_fn(batch: Any) -> Tensor | None:
         >>> default_target_fn(torch.zeros(2, 3)) is None
         True
     """
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], Tensor):
-        return batch[1]
-    if isinstance(batch, Mapping):
-        for key in _TARGET_KEYS:
-            if key in batch and isinstance(batch[key], Tensor):
-                return batch[key]
-    return None
+    return conventional_targets(batch)
 
 
 @dataclass
 class Probe:
-    """A fixed probe: inputs ``x`` of shape ``(m, *input_shape)`` and optional targets ``y``."""
+    """A fixed probe: inputs ``x`` (a tensor, tuple or dict of tensors with ``m`` rows) and targets ``y``."""
 
-    x: Tensor
-    y: Tensor | None = None
+    x: Any
+    y: Any = None
 
     @property
     def size(self) -> int:
         """Number of probe samples ``m``."""
-        return int(self.x.shape[0])
+        return tree_size(self.x)
 
-    def to(self, device: torch.device | str) -> Probe:
-        """The probe on ``device``."""
-        return Probe(self.x.to(device), None if self.y is None else self.y.to(device))
+    def to(self, device: torch.device | str, *, float32: bool = False) -> Probe:
+        """The probe on ``device``; with ``float32``, floating-point tensors of half precision widened."""
 
-    def shard(self, rank: int, world_size: int) -> slice:
-        """The rows of the probe rank ``rank`` of ``world_size`` computes (contiguous, sizes differ by ≤ 1).
+        def move(t: Tensor) -> Tensor:
+            t = t.to(device)
+            return t.float() if float32 and t.dtype in (torch.float16, torch.bfloat16) else t
 
-        Example:
-            >>> p = Probe(torch.zeros(10, 2))
-            >>> [p.shard(r, 3) for r in range(3)]
-            [slice(0, 4, None), slice(4, 7, None), slice(7, 10, None)]
-        """
-        base, extra = divmod(self.size, world_size)
-        start = rank * base + min(rank, extra)
-        return slice(start, start + base + (1 if rank < extra else 0))
+        return Probe(tree_map(move, self.x), tree_map(move, self.y))
+
+    def rows(self, index: slice | Tensor) -> Any:
+        """The inputs of the probe rows ``index``."""
+        return tree_map(lambda t: t[index], self.x)
 
 
 def _take(batches: Iterable[Any], size: int, input_fn: Callable, target_fn: Callable) -> Probe:
-    xs: list[Tensor] = []
-    ys: list[Tensor] = []
-    have_targets = True
+    xs: list[Any] = []
+    ys: list[Any] = []
     count = 0
     for batch in batches:
-        x = input_fn(batch)
-        y = target_fn(batch)
-        if not isinstance(x, Tensor):
-            raise TypeError(f"input_fn returned a {type(x).__name__}; it must return the input tensor.")
-        xs.append(x.detach())
-        if y is None:
-            have_targets = False
-        else:
-            ys.append(torch.as_tensor(y).detach())
-        count += x.shape[0]
+        xs.append(tree_map(lambda t: t.detach(), input_fn(batch)))
+        ys.append(target_fn(batch))
+        count += tree_size(xs[-1])
         if count >= size:
             break
     if count == 0:
         raise ValueError(
             "the probe source yielded no samples; pass a non-empty dataset, dataloader or tensor."
         )
-    x = torch.cat(xs)[:size]
-    y = torch.cat(ys)[:size] if have_targets and ys else None
-    return Probe(x.clone(), None if y is None else y.clone())
+    x = _concat(xs)
+    y = None if any(v is None for v in ys) else _concat([tree_map(torch.as_tensor, v) for v in ys])
+    return Probe(
+        tree_map(lambda t: t[:size].clone(), x),
+        None if y is None else tree_map(lambda t: t[:size].clone(), y),
+    )
+
+
+def _concat(parts: list[Any]) -> Any:
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(parts)
+    if isinstance(first, dict):
+        return {k: _concat([p[k] for p in parts]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concat([p[i] for p in parts]) for i in range(len(first)))
+    return first
+
+
+def _is_streaming(dataset: Any) -> bool:
+    return isinstance(dataset, IterableDataset) or not (
+        hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")
+    )
 
 
 def select_probe(
@@ -135,35 +138,42 @@ def select_probe(
     size: int,
     *,
     seed: int | None = None,
-    input_fn: Callable[[Any], Tensor] = default_input_fn,
-    target_fn: Callable[[Any], Tensor | None] = default_target_fn,
+    input_fn: Callable[[Any], Any] = default_input_fn,
+    target_fn: Callable[[Any], Any] = default_target_fn,
+    clip: bool = False,
+    streaming_ok: bool = True,
 ) -> Probe:
     """Choose a fixed probe from a dataset, a dataloader or tensors.
 
-    The global RNG state is the same afterwards as before (dataloaders that shuffle
-    draw from it when iterated, so it is saved and restored).
+    Every global random generator is the same afterwards as before, and a map-style dataset is
+    read through a deep copy (its own generators, if any, do not advance).
 
     Args:
-        source: a map-style or iterable ``Dataset``, a ``DataLoader``, a tensor of
-            inputs, or an ``(x, y)`` tuple of tensors.
-        size: number of probe samples ``m``; must not exceed a sized source.
-        seed: ``None`` takes the first ``size`` samples; an int takes a random subset
-            drawn from a private generator seeded with it (map-style datasets and tensors only).
-        input_fn: batch → input tensor.
-        target_fn: batch → target tensor or ``None``.
+        source: a map-style or iterable ``Dataset``, a ``DataLoader`` (its dataset is indexed and
+            its ``collate_fn`` used; its sampler is not, so shuffling or DDP sharding do not
+            matter), a tensor of inputs, or an ``(x, y)`` tuple of tensors.
+        size: number of probe samples ``m``.
+        seed: ``None`` takes the first ``size`` samples; an int a random subset drawn from a
+            private generator seeded with it (map-style datasets and tensors only).
+        input_fn: collated batch → model inputs (tensor, tuple or dict).
+        target_fn: collated batch → targets or ``None``.
+        clip: take ``min(size, len(source))`` samples instead of refusing a larger ``size``.
+        streaming_ok: whether an iterable (streaming) dataset may be read; ``False`` refuses it
+            before anything is drawn.
 
     Returns:
         The :class:`Probe` (tensors detached and cloned, on the source's device).
 
     Raises:
-        ValueError: ``size`` below 1 or larger than the dataset, with the fix.
+        ValueError: ``size`` below 1, larger than the dataset (without ``clip``), or a streaming
+            dataset when ``streaming_ok`` is false — each with the fix.
 
     Example:
         >>> x = torch.arange(20.0).reshape(10, 2)
         >>> select_probe((x, x.sum(1)), 3).x.tolist()
         [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
-        >>> select_probe(x, 3, seed=0).size
-        3
+        >>> select_probe(x, 30, clip=True).size
+        10
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"probe_size={size!r} must be an int >= 1.")
@@ -171,33 +181,56 @@ def select_probe(
         source = (source,)
     if isinstance(source, tuple):
         n = source[0].shape[0]
-        _check_size(size, n)
+        size = _checked_size(size, n, clip)
         index = _indices(n, size, seed)
         batch = tuple(t[index] for t in source)
         return _take([batch if len(batch) > 1 else batch[0]], size, input_fn, target_fn)
-    rng_state = torch.get_rng_state()
-    try:
-        if isinstance(source, DataLoader):
-            # Index the dataset, not the loader: a loader's sampler may shuffle or, under DDP, shard it.
-            if isinstance(source.dataset, IterableDataset):
-                return _take(source, size, input_fn, target_fn)
-            source = source.dataset
-        if isinstance(source, IterableDataset):
-            return _take((default_collate([s]) for s in source), size, input_fn, target_fn)
-        n = len(source)  # type: ignore[arg-type]
-        _check_size(size, n)
-        index = _indices(n, size, seed)
-        batch = default_collate([source[int(i)] for i in index])
+    collate: Callable[[list[Any]], Any] = default_collate
+    dataset: Any = source
+    if isinstance(source, DataLoader):
+        dataset = source.dataset
+        collate = source.collate_fn or default_collate
+    if _is_streaming(dataset):
+        if not streaming_ok:
+            raise ValueError(
+                f"the training data is a streaming dataset ({type(dataset).__name__}: no len or indexing), "
+                "so the monitor cannot draw a fixed probe from it without taking samples from the stream. "
+                "Pass probe= (a tensor, an (x, y) tuple, a map-style dataset or a loader of held samples)."
+            )
+        with rng_preserved():
+            batches = source if isinstance(source, DataLoader) else (default_collate([s]) for s in dataset)
+            return _take(batches, size, input_fn, target_fn)
+    n = len(dataset)
+    size = _checked_size(size, n, clip)
+    index = _indices(n, size, seed)
+    with rng_preserved():
+        reader = _private_copy(dataset)
+        batch = collate([reader[int(i)] for i in index])
         return _take([batch], size, input_fn, target_fn)
-    finally:
-        torch.set_rng_state(rng_state)
 
 
-def _check_size(size: int, n: int) -> None:
-    if size > n:
-        raise ValueError(
-            f"probe_size={size} is larger than the training dataset ({n} samples); pass probe_size <= {n}."
+def _private_copy(dataset: Any) -> Any:
+    """A deep copy of ``dataset`` to read the probe from (its own generators then stay untouched)."""
+    try:
+        return copy.deepcopy(dataset)
+    except Exception as err:  # an unpicklable handle: read the original, generators restored anyway
+        warnings.warn(
+            f"the probe is read from the training dataset itself ({type(dataset).__name__} cannot be "
+            f"deep-copied: {err}); a random generator the dataset keeps of its own may advance. Pass "
+            "probe= to avoid it.",
+            stacklevel=3,
         )
+        return dataset
+
+
+def _checked_size(size: int, n: int, clip: bool) -> int:
+    if size <= n:
+        return size
+    if clip:
+        return n
+    raise ValueError(
+        f"probe_size={size} is larger than the training dataset ({n} samples); pass probe_size <= {n}."
+    )
 
 
 def _indices(n: int, size: int, seed: int | None) -> Tensor:

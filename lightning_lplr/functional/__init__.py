@@ -76,6 +76,7 @@ _LAZY: dict[str, str] = {
     "suboptimality_gap": "pl",
     "symmetric_operator_distance": "region",
     "trainable_params": "ntk",
+    "with_norm_mode": "normalization",
 }
 """Public name -> the module of :mod:`lightning_lplr.functional` that defines it."""
 
@@ -144,6 +145,7 @@ __all__: list[str] = [
     "suboptimality_gap",
     "symmetric_operator_distance",
     "trainable_params",
+    "with_norm_mode",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
@@ -170,6 +172,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         NormMode,
         NormStatistics,
         probe_statistics,
+        with_norm_mode,
     )
     from lightning_lplr.functional.ntk import (
         ModelFn,

@@ -62,7 +62,7 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 
 from lightning_lplr.functional._problem import ModelFn, full_precision, trainable_params
 
-__all__ = ["NormMode", "NormStatistics", "probe_statistics"]
+__all__ = ["NormMode", "NormStatistics", "probe_statistics", "with_norm_mode"]
 
 
 class NormMode(str, Enum):
@@ -407,3 +407,36 @@ def mode_value(norm_mode: Any) -> NormMode | None:
         raise ValueError(
             f"norm_mode={norm_mode!r} is not a known norm_mode; pass None or one of {allowed}."
         ) from None
+
+
+def with_norm_mode(
+    fn: ModelFn, norm_mode: NormMode | str | None, statistics: NormStatistics | None = None
+) -> ModelFn:
+    """``fn`` evaluated as the kernel of ``norm_mode`` sees it (the same function ``empirical_ntk`` uses).
+
+    With ``"probe"`` every BatchNorm normalises with ``statistics`` (see :func:`probe_statistics`),
+    with ``"train"`` with the statistics of the batch it is given (nothing updated), with ``"eval"``
+    with its running statistics; dropout is off in all three. ``None`` returns ``fn`` unchanged.
+
+    Args:
+        fn: ``f(params, x)``.
+        norm_mode: ``None``, ``"probe"``, ``"train"`` or ``"eval"``.
+        statistics: the probe statistics (``"probe"`` only).
+
+    Returns:
+        ``f(params, x)`` with the override active during each call.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).eval()
+        >>> x = torch.randn(8, 3)
+        >>> def f(p, xb):
+        ...     return functional_call(net, p, (xb,))
+        >>> out = with_norm_mode(f, "train")(trainable_params(net), x)
+        >>> bool(torch.allclose(out.mean(0), torch.zeros(4), atol=1e-6))  # batch statistics
+        True
+    """
+    mode = mode_value(norm_mode)
+    if mode is None:
+        return fn
+    return NormOverride(mode, statistics).wrap(fn)

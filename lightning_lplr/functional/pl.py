@@ -32,12 +32,14 @@ from lightning_lplr.functional.rate import (
     _as_float,
     _as_float_array,
     _fit_line,
+    _fit_lines,
     _is_int,
     _is_real,
 )
 from lightning_lplr.functional.spectrum import KernelLike, _as_float64_tensor, _square_kernel, eigenvalues
 
 __all__ = [
+    "FIT_MIN_POINTS",
     "ExponentialFit",
     "LowerEnvelope",
     "NTKPLBounds",
@@ -45,6 +47,7 @@ __all__ = [
     "envelope_quantile",
     "estimate_loss_star",
     "fit_exponential_offset",
+    "fit_loss_star",
     "ntk_gradient_norm_sq",
     "ntk_pl_bounds",
     "pl_ratio",
@@ -111,12 +114,22 @@ class ExponentialFit(NamedTuple):
     """``R²`` of ``log(L_t − L*) ≈ log A + b·t`` at the fitted ``L*`` (what the fit maximises)."""
 
 
-def _profile_objective(t: np.ndarray, losses: np.ndarray, loss_star: float) -> float:
-    """Unexplained fraction ``SSE/SST`` of the log-linear fit of ``L − L*``; lower is better."""
-    line = _fit_line(t, np.log(losses - loss_star))
-    if math.isnan(line.r2):
-        return math.inf
-    return 1.0 - line.r2 if line.sse > 0 else 0.0
+def _profile_objectives(t: np.ndarray, losses: np.ndarray, stars: np.ndarray) -> np.ndarray:
+    """Unexplained fraction ``SSE/SST`` of the log-linear fit of ``L − L*`` for each ``L*``; lower is better.
+
+    One vectorised row-wise line fit (:func:`~lightning_lplr.functional.rate._fit_lines`) for all
+    candidates.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.log(losses[None, :] - stars[:, None])
+    keep = np.isfinite(y)
+    fits = _fit_lines(np.broadcast_to(t, y.shape), y, keep)
+    value = np.where(fits.sse > 0, 1.0 - fits.r2, 0.0)
+    return np.where(np.isnan(fits.r2), math.inf, value)
+
+
+_PROFILE_LEVELS = 5
+"""Grid refinements of the profile search (each 161 points over ±1 step of the previous grid)."""
 
 
 def fit_exponential_offset(steps: ArrayLike | None, losses: ArrayLike) -> ExponentialFit:
@@ -125,11 +138,12 @@ def fit_exponential_offset(steps: ArrayLike | None, losses: ArrayLike) -> Expone
     Method (a profile search over ``L*``): for a candidate ``L*`` the model is the
     straight line ``log(L_t − L*) = log A + b·t``, fitted exactly by least squares;
     its ``R²`` (scale-free, so candidates far below the data are not favoured) is
-    maximised over ``L* = min L − s·(max L − min L)`` for ``s`` on a log grid from
-    ``1e-10`` to ``1e6``, refined by golden-section search on ``log s`` around the best
-    grid point. Working in log space weighs every step by its relative error, which
-    suits losses spanning orders of magnitude and multiplicative noise. An optimum at
-    ``s = 1e6`` means the window shows no plateau (a straight line fits as well).
+    maximised over ``L* = min L − s·(max L − min L)`` for ``s`` on a log grid of 161 points
+    from ``1e-10`` to ``1e6``, refined four times by a grid of 161 points over the two cells
+    around the best point (each refinement one vectorised row-wise fit: the optimum is located
+    to about ``1e-9`` decades of ``s``). Working in log space weighs every step by its relative
+    error, which suits losses spanning orders of magnitude and multiplicative noise. An
+    optimum at ``s = 1e6`` means the window shows no plateau (a straight line fits as well).
 
     Non-finite pairs are dropped. With fewer than three usable points every float is
     NaN; with constant losses the result is ``L* = that value``, ``A = 0`` and NaN
@@ -171,31 +185,65 @@ def fit_exponential_offset(steps: ArrayLike | None, losses: ArrayLike) -> Expone
     if not spread > 0:
         return ExponentialFit(low, 0.0, nan, nan)
 
-    def objective(log_s: float) -> float:
-        return _profile_objective(t, y, low - 10.0**log_s * spread)
-
     grid = np.linspace(-10.0, 6.0, 161)
-    values = np.array([objective(v) for v in grid])
-    best = int(np.argmin(values))
-    a, b = grid[max(best - 1, 0)], grid[min(best + 1, grid.shape[0] - 1)]
-    inv_phi = (math.sqrt(5.0) - 1.0) / 2.0
-    c, d = b - inv_phi * (b - a), a + inv_phi * (b - a)
-    fc, fd = objective(c), objective(d)
-    for _ in range(80):
-        if fc <= fd:
-            b, d, fd = d, c, fc
-            c = b - inv_phi * (b - a)
-            fc = objective(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + inv_phi * (b - a)
-            fd = objective(d)
-    candidates = [(values[best], grid[best]), (fc, c), (fd, d)]
-    log_s = float(min(candidates)[1])
+    best_value, log_s = math.inf, 0.0
+    for _ in range(_PROFILE_LEVELS):
+        values = _profile_objectives(t, y, low - 10.0**grid * spread)
+        k = int(np.argmin(values))
+        if values[k] < best_value or not math.isfinite(best_value):
+            best_value, log_s = float(values[k]), float(grid[k])
+        step = grid[1] - grid[0]
+        grid = np.linspace(log_s - step, log_s + step, 161)
     loss_star = low - 10.0**log_s * spread
     line = _fit_line(t, np.log(y - loss_star))
     amplitude = math.exp(line.intercept) if line.intercept < 709.0 else math.inf
     return ExponentialFit(loss_star, amplitude, line.slope, line.r2)
+
+
+FIT_MIN_POINTS = 10
+"""Losses the online ``"fit"`` strategy needs before it estimates ``L*``."""
+
+
+def fit_loss_star(steps: ArrayLike, losses: ArrayLike, *, min_points: int = FIT_MIN_POINTS) -> float:
+    """``L*`` of the online ``"fit"`` strategy, or NaN when the window does not identify it.
+
+    The ``L*`` of :func:`fit_exponential_offset` over past losses, kept only when it means
+    something: at least ``min_points`` finite losses, a decaying fit (``rate < 0``) and an
+    optimum inside the profile search — an optimum at its far end (``L*`` more than ``1e5``
+    loss spreads below the lowest loss) means the window shows no plateau, and any ``L*`` far
+    enough below fits a straight line equally well. NaN is the documented answer then: a monitor
+    counts the step as skipped rather than inventing a value.
+
+    Args:
+        steps: the step of each loss (past steps only: the caller's step is not among them).
+        losses: the losses, same length.
+        min_points: finite losses needed, ``>= 3``.
+
+    Returns:
+        ``L*`` as a float, or NaN.
+
+    Example:
+        >>> t = np.arange(40.0)
+        >>> round(fit_loss_star(t, 0.25 + np.exp(-0.2 * t)), 6)
+        0.25
+        >>> fit_loss_star(t[:5], np.exp(-0.2 * t[:5]))  # too few points
+        nan
+        >>> fit_loss_star(t, 1.0 + 0.0 * t)  # nothing decays
+        nan
+    """
+    if not _is_int(min_points) or min_points < 3:
+        raise ValueError(f"min_points={min_points!r} must be an int >= 3.")
+    y = _as_float_array(losses, "losses")
+    if int(np.isfinite(y).sum()) < min_points:
+        return math.nan
+    fit = fit_exponential_offset(steps, y)
+    finite = y[np.isfinite(y)]
+    spread = float(finite.max() - finite.min())
+    if not (math.isfinite(fit.loss_star) and fit.rate < 0 and spread > 0):
+        return math.nan
+    if (float(finite.min()) - fit.loss_star) / spread > 1e5:
+        return math.nan
+    return fit.loss_star
 
 
 def estimate_loss_star(

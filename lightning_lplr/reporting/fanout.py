@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_lplr.reporting import tensorboard as tb
+from lightning_lplr.reporting.marker import encode_marker, flatten_marker, marker_tag
 
-__all__ = ["update_callback_metrics", "write_samples"]
+__all__ = ["update_callback_metrics", "write_marker", "write_samples"]
 
 
 def write_samples(
@@ -63,3 +66,20 @@ def update_callback_metrics(trainer: pl.Trainer, samples: Sequence[tuple[int, Ma
     callback_metrics = trainer.callback_metrics
     for key, value in latest.items():
         callback_metrics[key] = torch.tensor(value)
+
+
+def write_marker(trainer: pl.Trainer, prefix: str, marker: Mapping[str, Any]) -> None:
+    """Write the run's schema marker once (rank zero): a text record to TensorBoard, hparams elsewhere.
+
+    TensorBoard loggers get ``add_text(<prefix>schema, <json>)`` (a text record, not an HParams
+    session that would clutter the user's HParams tab); every other logger gets
+    ``log_hyperparams({<prefix>schema/<field>: value})``, which CSV (``hparams.yaml``), MLflow and
+    the like keep.
+    """
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text(marker_tag(prefix), encode_marker(marker), global_step=0)
+        else:
+            logger.log_hyperparams(flatten_marker(marker, prefix))
