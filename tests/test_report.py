@@ -478,7 +478,7 @@ def test_unwritable_plot_path_and_internal_errors_exit_cleanly(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("lightning_lplr.report.summary.build_report", broken)
+    monkeypatch.setattr("lightning_lplr.report.summary.document_of", broken)
     code, _, err = run_cli(capsys, "report", logs / "pl_only")
     assert code == errors.EXIT_INTERNAL
     assert err.strip() == (

@@ -433,7 +433,7 @@ def _linear_basis(run: Run, doc: Mapping[str, Any]) -> tuple[bool, str]:
         last = {v: k for k, v in REGIME_CODES.items()}.get(float(round(codes.values[-1])), "unknown")
         return False, f"the last logged rate/regime (step {int(codes.steps[-1])}) is {last}, not linear"
     return True, (
-        f"the gap decays linearly over the whole run (regime linear, falling by a factor {_fmt(decay)}), "
+        f"the gap decays linearly over the whole run (the fitted gap falls by a factor {_fmt(decay)}), "
         "so L* = 0 is consistent with it"
     )
 
@@ -484,7 +484,7 @@ def verdict_section(
     elif held:
         statement = (
             f"A PL inequality held on the sampled steps: the lower envelope pl/envelope_min is positive "
-            f"(μ ≥ {_fmt(envelope)}) and the gap is credible ({reason})."
+            f"(μ ≥ {_fmt(envelope)}) and the gap is credible: {reason}."
         )
     else:
         fix = (
