@@ -265,8 +265,9 @@ def apply_running_min(
     dropped = [key for key in _DEPENDENT_KEYS if series.pop(key, None) is not None]
     info.update(value=loss_star, recomputed=True, dropped_keys=dropped)
     if dropped:
+        verb = "depends" if len(dropped) == 1 else "depend"
         info["note"] = (
-            f"{', '.join(dropped)} depend on the logged L* through the probe's gap or μ and cannot be "
+            f"{', '.join(dropped)} {verb} on the logged L* through the probe's gap or μ and cannot be "
             "recomputed from the logged series; left out."
         )
     return replace(run, series=dict(sorted(series.items()))), info

@@ -488,7 +488,8 @@ def verdict_section(
         )
     else:
         fix = (
-            "pass the run's true L* (loss_star=<number>) or rerun the report with --loss-star running_min"
+            "log the run with its true L* (the monitor's loss_star=<number>) or rerun the report with "
+            "--loss-star running_min"
             if strategy != "running_min"
             else "the post-hoc L* could not be applied"
         )
@@ -514,6 +515,8 @@ def verdict_section(
             + (f"; {eta_note}" if eta_note else "")
             + "."
         )
+        if any(value is not None and value >= 1 for value in (implied_env, implied_ntk)):
+            note += " An implied contraction ≥ 1 guarantees no decrease at this η·β."
         if marker is None or marker.get("plain_sgd") is not True:
             optimizer = marker.get("optimizer") if marker is not None else None
             note += (
