@@ -593,6 +593,27 @@ def test_repeated_steps_keep_the_last_value_and_loggers_merge(tmp_path: Path) ->
     assert loaded.formats == ("tensorboard", "csv")
 
 
+def test_csv_cells_blank_text_nan_short_rows_and_repeats(tmp_path: Path) -> None:
+    from lightning_lplr.report.reader import read_metrics_csv
+
+    (tmp_path / "metrics.csv").write_text(
+        "step,lplr/pl/gap,lplr/param/drift\n"
+        "0,1.0,\n"
+        "1, ,0.5\n"  # a blank cell: not logged
+        "2,abc,nan\n"  # text: skipped; NaN: kept
+        "3,0.25\n"  # a short row
+        "3,0.125,0.1\n"  # the same step again: the last value wins
+        "x,9,9\n"  # no usable step: skipped
+    )
+    pairs, _ = read_metrics_csv(tmp_path / "metrics.csv")
+    assert pairs["pl/gap"] == [(0, 1.0), (3, 0.25), (3, 0.125)]
+    (run,) = load_runs([tmp_path])
+    gap, drift = run.series["pl/gap"], run.series["param/drift"]
+    assert gap.steps.tolist() == [0, 3] and gap.values.tolist() == [1.0, 0.125]
+    assert drift.steps.tolist() == [1, 2, 3]
+    assert drift.values[0] == 0.5 and math.isnan(drift.values[1]) and drift.values[2] == 0.1
+
+
 def test_runs_without_lplr_keys_are_skipped_with_a_warning(tmp_path: Path) -> None:
     valid_event_file(tmp_path / "good")
     write_events(tmp_path / "other", {"loss": [(0, 1.0)]})

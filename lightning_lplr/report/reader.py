@@ -138,6 +138,23 @@ class Series:
         values = np.array([by_step[s] for s in steps.tolist()], dtype=np.float64)
         return cls(steps, values)
 
+    @classmethod
+    def from_arrays(cls, steps: np.ndarray, values: np.ndarray) -> Series:
+        """Build from parallel arrays in write order; a repeated step keeps its last value.
+
+        Example:
+            >>> s = Series.from_arrays(np.array([3, 1, 3]), np.array([0.5, 2.0, 0.25]))
+            >>> s.steps.tolist(), s.values.tolist()
+            ([1, 3], [2.0, 0.25])
+        """
+        steps = np.asarray(steps, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float64)
+        order = np.argsort(steps, kind="stable")
+        steps, values = steps[order], values[order]
+        last = np.ones(steps.shape, dtype=bool)
+        last[:-1] = steps[1:] != steps[:-1]
+        return cls(steps[last], values[last])
+
     def __len__(self) -> int:
         return int(self.steps.shape[0])
 
@@ -460,8 +477,35 @@ def read_metrics_csv(
         ReportError: the file cannot be opened (``EXIT_NOT_FOUND``); it is empty, not
             text, malformed, or has no ``step`` column (``EXIT_BAD_INPUT``).
     """
+    columns, other = _read_csv_columns(path, prefix)
+    pairs = {
+        key: list(zip(steps.tolist(), values.tolist(), strict=True))
+        for key, (steps, values) in columns.items()
+    }
+    return pairs, other
+
+
+def _column_values(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, usable)`` of non-empty cells: float64, and which of them parsed as numbers."""
+    try:
+        return np.fromiter(map(float, texts), np.float64, len(texts)), np.ones(len(texts), dtype=bool)
+    except ValueError:  # a cell that is not a number (or only blanks): parse one by one, skip it
+        values = np.empty(len(texts), dtype=np.float64)
+        usable = np.ones(len(texts), dtype=bool)
+        for k, text in enumerate(texts):
+            try:
+                values[k] = float(text)
+            except ValueError:
+                usable[k] = False
+        return values, usable
+
+
+def _read_csv_columns(
+    path: str | os.PathLike[str], prefix: str
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], set[str]]:
+    """:func:`read_metrics_csv` column by column: key → ``(steps, values)`` arrays in row order."""
     p = Path(path)
-    pairs: dict[str, list[tuple[int, float]]] = {}
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     try:
         with open(p, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
@@ -480,20 +524,16 @@ def read_metrics_csv(
                 step_index = header.index("step")
                 columns = [(i, h[len(prefix) :]) for i, h in enumerate(header) if h.startswith(prefix)]
                 other = {h for h in header if not h.startswith(prefix) and h not in ("step", "epoch")}
+                rows: list[list[str]] = []
+                steps: list[int] = []
                 for row in reader:
                     if len(row) <= step_index:
                         continue
                     step = _parse_step(row[step_index])
                     if step is None:
                         continue
-                    for index, key in columns:
-                        if index >= len(row) or not row[index].strip():
-                            continue
-                        try:
-                            value = float(row[index])
-                        except ValueError:
-                            continue
-                        pairs.setdefault(key, []).append((step, value))
+                    rows.append(row)
+                    steps.append(step)
             except csv.Error as error:
                 raise ReportError(
                     f"{p}: malformed CSV at line {reader.line_num} ({error})", EXIT_BAD_INPUT
@@ -502,7 +542,26 @@ def read_metrics_csv(
         raise ReportError(f"{p}: not a UTF-8 text CSV file", EXIT_BAD_INPUT) from None
     except OSError as error:
         raise ReportError(f"{p}: cannot open ({error.strerror or error})", EXIT_NOT_FOUND) from None
-    return pairs, other
+    step_array = np.array(steps, dtype=np.int64)
+    width = len(header)
+    # Transpose in C: pad short rows, then zip(*rows) gives one tuple of cells per column (cells past
+    # the header's width are ignored, as before).
+    cells_by_column = list(
+        zip(*(row if len(row) >= width else row + [""] * (width - len(row)) for row in rows), strict=False)
+    )
+    for index, key in columns:
+        cells = cells_by_column[index] if cells_by_column else ()
+        if "" in cells:  # sparse: an empty cell means "not logged at this step"
+            keep = np.array([k for k, cell in enumerate(cells) if cell], dtype=np.int64)
+            texts: Sequence[str] = [cells[k] for k in keep.tolist()]
+        else:
+            keep, texts = np.arange(len(cells)), cells
+        if not len(texts):
+            continue
+        values, usable = _column_values(texts)
+        if usable.any():
+            out[key] = (step_array[keep][usable], values[usable])
+    return out, other
 
 
 def _marker_in_params(params: Any, prefix: str) -> dict[str, Any] | None:
@@ -590,17 +649,23 @@ def load_run(location: RunLocation, prefix: str = DEFAULT_PREFIX, *, allow_trunc
         markers.extend((marker, "tensorboard") for marker in scalars.markers)
         if scalars.truncated:
             truncated.append(str(path))
-    csv_pairs: dict[str, list[tuple[int, float]]] = {}
+    csv_columns: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for path in location.csv_files:
-        pairs, columns = read_metrics_csv(path, prefix)
-        for key, values in pairs.items():
-            csv_pairs.setdefault(key, []).extend(values)
-        other |= columns
-    merged = dict(csv_pairs)
-    merged.update(event_pairs)
-    series = {
-        key: Series.from_pairs(values) for key, values in sorted(merged.items()) if is_contract_key(key)
-    }
+        columns, names = _read_csv_columns(path, prefix)
+        for key, arrays in columns.items():
+            csv_columns.setdefault(key, []).append(arrays)
+        other |= names
+    merged = sorted({*csv_columns, *event_pairs})
+    series: dict[str, Series] = {}
+    for key in merged:
+        if not is_contract_key(key):
+            continue
+        if key in event_pairs:  # the event files win; the CSV fills in the keys they lack
+            series[key] = Series.from_pairs(event_pairs[key])
+        else:
+            parts = csv_columns[key]
+            steps = np.concatenate([s for s, _ in parts])
+            series[key] = Series.from_arrays(steps, np.concatenate([v for _, v in parts]))
     formats = tuple(
         name for name, files in (("tensorboard", location.event_files), ("csv", location.csv_files)) if files
     )
@@ -622,7 +687,7 @@ def load_run(location: RunLocation, prefix: str = DEFAULT_PREFIX, *, allow_trunc
         sources=tuple(str(f) for f in (*location.event_files, *location.csv_files)),
         formats=formats,
         series=series,
-        other_keys=tuple(sorted(k for k in merged if not is_contract_key(k))),
+        other_keys=tuple(k for k in merged if not is_contract_key(k)),
         other_tags=tuple(sorted(other)),
         truncated=tuple(truncated),
         marker=markers[0][0] if markers else None,
