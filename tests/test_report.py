@@ -631,6 +631,17 @@ def test_runs_without_lplr_keys_are_skipped_with_a_warning(tmp_path: Path) -> No
 # ---------------------------------------------------------------------------------------------
 
 
+FLAG = {
+    "code": "ntk_drift_left_lazy",
+    "severity": "warning",
+    "key": "ntk/drift_op",
+    "step": 3,
+    "value": 1.5,
+    "threshold": 1.0,
+    "message": "left",
+}
+
+
 def test_schema_validator_rejects_bad_documents(logs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     document = report_json(capsys, logs / "ablation")
     run = document["runs"][0]
@@ -642,7 +653,27 @@ def test_schema_validator_rejects_bad_documents(logs: Path, capsys: pytest.Captu
         "bad regime": {**document, "runs": [{**run, "overall": {**run["overall"], "regime": "fast"}}]},
         "bool for an int": {**document, "runs": [{**run, "first_step": True}]},
         "wrong version": {**document, "schema_version": "0.9"},
+        "unknown flag code": {**document, "runs": [{**run, "flags": [{**FLAG, "code": "looks_bad"}]}]},
+        "flag without message": {
+            **document,
+            "runs": [{**run, "flags": [{k: v for k, v in FLAG.items() if k != "message"}]}],
+        },
+        "list in marker fields": {
+            **document,
+            "runs": [{**run, "marker": {**run["marker"], "fields": {"loss": ["mse"]}}}],
+        },
+        "verdict claim not a bool": {
+            **document,
+            "runs": [{**run, "verdict": {**run["verdict"], "pl_inequality_held": "yes"}}],
+        },
+        "bad lazy regime": {
+            **document,
+            "runs": [
+                {**run, "lazy": {**run["lazy"], "lin_gap_rel": {**run["lazy"]["lin_gap_rel"], "regime": "x"}}}
+            ],
+        },
     }
+    validate_report({**document, "runs": [{**run, "flags": [FLAG]}]})  # the well-formed flag passes
     for what, bad in bad_documents.items():
         with pytest.raises(ValueError):
             validate_report(bad)

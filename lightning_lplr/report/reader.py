@@ -342,7 +342,7 @@ def _scalar_of(value, plugin: str) -> float | None:
     return float(array.reshape(()))
 
 
-def _text_of(value) -> str | None:
+def _text_of(value: Any) -> str | None:
     """The string of a text-plugin summary value (``SummaryWriter.add_text``), ``None`` otherwise."""
     if value.WhichOneof("value") != "tensor" or not value.tensor.string_val:
         return None
