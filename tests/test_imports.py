@@ -270,7 +270,9 @@ LIGHTNING = ("lightning", "pytorch_lightning", "lightning_fabric")
 def test_functional_never_imports_lightning() -> None:
     graph = import_graph()
     importers = direct_lightning_importers(graph)
-    assert "lightning_lplr.callbacks.lplr_monitor" in importers  # the check sees Lightning imports
+    assert any(
+        m.startswith("lightning_lplr.callbacks") for m in importers
+    )  # the check sees Lightning imports
     functional = [
         m for m in MODULES if m == "lightning_lplr.functional" or m.startswith("lightning_lplr.functional.")
     ]
