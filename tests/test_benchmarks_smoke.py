@@ -148,3 +148,34 @@ def test_overhead_benchmark_quick(tmp_path: Path) -> None:
     for preset in ("cheap", "default", "full"):
         assert f"| {preset} | default (log-spaced) |" in table
         assert f"| {preset} | 50 |" in table and f"| {preset} | 200 |" in table
+
+
+# The report benchmark's --quick run takes about 3 s on two idle cores (it writes a tiny event file
+# with torch's SummaryWriter, then times 2 report calls and the interpreter); REPORT_TIMEOUT_S is far
+# more than 10x that, a guard against hangs only.
+REPORT_TIMEOUT_S = 120
+
+
+def test_report_benchmark_quick(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "report.py"), "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=REPORT_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert json.loads(out.read_text(encoding="utf-8")) == result
+    assert result["benchmark"] == "report"
+    _check_environment(result)
+    assert result["repeats"] == 1
+    _check_summary(result["interpreter_s"])
+    assert set(result["cases"]) == {"tensorboard", "csv"}
+    for case in result["cases"].values():
+        _check_summary(case["wall_s"])
+        assert _positive(case["wall_s"]["median"]) and case["bytes"] > 0
+        assert case["target_s"] == 2.0 and isinstance(case["meets_target"], bool)
+        assert case["imports"] == []  # neither torch, Lightning nor matplotlib in the report process
+    assert result["cases"]["csv"]["files"] == ["hparams.yaml", "metrics.csv"]

@@ -235,7 +235,8 @@ def test_text_report_says_it_in_words(logs: Path, capsys: pytest.CaptureFixture[
     assert "inside at 17 of 21 samples (81.0%)" in tb_block
     assert "Skipped samples: skipped/nonpositive_gap = 2." in tb_block
     assert "PL lower envelope: final running minimum pl/envelope_min 0.5 and low quantile" in tb_block
-    assert "(positive, so a PL inequality held on the sampled steps)" in tb_block
+    assert "Verdict: A PL inequality held on the sampled steps" in tb_block  # no marker: L* = 0, linear decay
+    assert "Reading: no schema marker" in tb_block
     assert "NTK: smallest eigenvalue ntk/lambda_min between 0.7 and 1" in tb_block
     assert "linearly in 2 spans" in csv_block
     assert "steps 31 to 60: the gap shrinks by a factor 0.8 per step" in csv_block
@@ -275,60 +276,147 @@ def test_run_with_only_step_level_pl_keys_is_summarised(
 # ---------------------------------------------------------------------------------------------
 
 
-def color_pixels(image: np.ndarray, hex_color: str, tol: float = 0.02) -> int:
-    rgb = np.array([int(hex_color[i : i + 2], 16) / 255 for i in (1, 3, 5)])
-    return int((np.abs(image[..., :3] - rgb).max(axis=-1) < tol).sum())
+def panel(fig, name: str):
+    (ax,) = (a for a in fig.axes if a.get_label() == f"panel:{name}")
+    return ax
 
 
-def quadrants(image: np.ndarray) -> dict[str, np.ndarray]:
-    """The four panel areas, below the run legend strip at the top."""
-    h, w = image.shape[:2]
-    top, mid, cx = int(0.12 * h), h // 2, w // 2
-    return {
-        "gap": image[top:mid, :cx],
-        "pl": image[top:mid, cx:],
-        "ntk": image[mid:, :cx],
-        "region": image[mid:, cx:],
-    }
+def data_lines(ax) -> list:
+    """The lines that carry data (threshold lines are horizontal: two points at the axes' edges)."""
+    return [line for line in ax.get_lines() if len(line.get_xdata()) > 2 or line.get_linestyle() == "None"]
 
 
-def test_plot_overlays_runs_in_four_panels(
+def test_plot_overlays_runs_in_its_panels(
     logs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import matplotlib.image
 
-    from lightning_lplr.report.plot import RUN_COLORS
+    from lightning_lplr.report.plot import DEFAULT_DPI, DEFAULT_FIGSIZE, RUN_COLORS, draw_report
 
     png = tmp_path / "ablation.png"
     code, out, err = run_cli(capsys, "report", logs / "ablation", "--plot", png)
     assert code == 0, err
     assert f"wrote {png}" in err and out.startswith("Run ")
     image = matplotlib.image.imread(png)
-    assert image.shape[:2] == (800, 1200)
-    tb_color, csv_color = RUN_COLORS[1], RUN_COLORS[0]  # runs sorted: width_256 first
-    for panel, area in quadrants(image).items():
-        assert color_pixels(area, tb_color) > 50, panel
-        if panel != "region":  # the CSV run logged no drift nor certificate
-            assert color_pixels(area, csv_color) > 50, panel
-    assert color_pixels(quadrants(image)["region"], csv_color) == 0
+    assert image.shape[:2] == (DEFAULT_FIGSIZE[1] * DEFAULT_DPI, DEFAULT_FIGSIZE[0] * DEFAULT_DPI)
+
+    runs = load_runs([logs / "ablation"])
+    document = report_json(capsys, logs / "ablation")
+    fig = draw_report(runs, document["runs"])
+    csv_color, tb_color = RUN_COLORS[0], RUN_COLORS[1]  # runs sorted: width_256 first
+    colors = {
+        name: {line.get_color() for line in data_lines(panel(fig, name))} for name in ("gap", "pl", "ntk")
+    }
+    for name, used in colors.items():
+        assert {csv_color, tb_color} <= used, name
+    # The CSV run logged no certificate, drift or η·β: only the TensorBoard run's colour there.
+    assert {line.get_color() for line in data_lines(panel(fig, "region"))} == {tb_color}
+    assert {line.get_color() for line in data_lines(panel(fig, "param"))} == {tb_color}
 
 
-def test_plot_panel_without_data_is_left_empty(
-    logs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_plot_panel_without_data_is_left_empty(logs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lightning_lplr.report.plot import PANELS, draw_report
+
+    runs = load_runs([logs / "pl_only"])
+    fig = draw_report(runs, report_json(capsys, logs / "pl_only")["runs"])
+    with_data = {name for row in PANELS for name in row if data_lines(panel(fig, name))}
+    assert with_data == {"gap", "pl"}
+    texts = [t.get_text() for t in panel(fig, "ntk").texts]
+    assert texts == ["no data\n(ntk/lambda_min, ntk/lambda_max not logged)"]
+
+
+def test_plot_labels_inside_canvas_and_legends_off_the_data(
+    logs: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    import matplotlib.image
+    from lightning_lplr.report.plot import draw_report
 
-    from lightning_lplr.report.plot import RUN_COLORS
+    run_dir = tmp_path / "wide"
+    write_csv_run(run_dir, wide_range_metrics())
+    runs = load_runs([logs / "ablation", run_dir])
+    documents = report_json(capsys, logs / "ablation", run_dir)["runs"]
+    fig = draw_report(runs, documents)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    tight, canvas = fig.get_tightbbox(renderer), fig.bbox_inches
+    assert tight.x0 >= canvas.x0 - 1e-9 and tight.y0 >= canvas.y0 - 1e-9, (tight, canvas)
+    assert tight.x1 <= canvas.x1 + 1e-9 and tight.y1 <= canvas.y1 + 1e-9, (tight, canvas)
+    data_axes = [ax for ax in fig.axes if ax.get_label().startswith("panel:")]
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + fig.legends
+    assert len(legends) >= 7
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in data_axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), (legend, ax.get_label())
+    for ax in data_axes:  # every y label is drawn inside the canvas
+        label_box = ax.yaxis.label.get_window_extent(renderer)
+        assert label_box.x0 >= 0 and label_box.y0 >= 0
 
-    png = tmp_path / "pl_only.png"
-    code, _, err = run_cli(capsys, "report", logs / "pl_only", "--plot", png)
-    assert code == 0, err
-    areas = quadrants(matplotlib.image.imread(png))
-    assert color_pixels(areas["gap"], RUN_COLORS[0]) > 50
-    assert color_pixels(areas["pl"], RUN_COLORS[0]) > 50
-    assert color_pixels(areas["ntk"], RUN_COLORS[0]) == 0
-    assert color_pixels(areas["region"], RUN_COLORS[0]) == 0
-    assert areas["ntk"][..., :3].min() < 0.6  # the "no data" note is drawn
+
+def wide_range_metrics() -> dict[str, dict[int, float]]:
+    """λ_min = 1e-4 next to λ_max = 1e3, a certificate that turns negative at step 25.5, and
+    lin/gap_rel crossing both thresholds."""
+    steps = range(0, 61, 5)
+    return {
+        "pl/gap": {t: 0.9**t for t in range(61)},
+        "ntk/lambda_min": {t: 1e-4 * (1 + 0.01 * t) for t in steps},
+        "ntk/lambda_max": {t: 1e3 for t in steps},
+        "region/mu_cert": {t: 0.5 - t / 51 for t in range(0, 61, 3)},
+        "lin/gap_rel": {t: 0.02 * t for t in steps},
+    }
+
+
+def test_plot_eigenvalues_on_a_log_axis_show_a_small_lambda_min(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_lplr.report.plot import draw_report
+
+    write_csv_run(tmp_path / "wide", wide_range_metrics())
+    runs = load_runs([tmp_path / "wide"])
+    fig = draw_report(runs, report_json(capsys, tmp_path / "wide")["runs"])
+    fig.canvas.draw()
+    ax = panel(fig, "ntk")
+    assert ax.get_yscale() == "log"
+    box = ax.get_window_extent()
+    lo, hi = data_lines(ax)  # lambda_min is drawn first
+    y_lo = ax.transData.transform(np.column_stack([lo.get_xdata(), lo.get_ydata()]))[:, 1]
+    y_hi = ax.transData.transform(np.column_stack([hi.get_xdata(), hi.get_ydata()]))[:, 1]
+    assert np.all((y_lo > box.y0) & (y_lo < box.y1)) and np.all((y_hi > box.y0) & (y_hi < box.y1))
+    assert y_hi.min() - y_lo.max() > 0.5 * box.height  # seven decades apart, both readable
+
+
+def test_plot_shades_only_where_the_certificate_is_negative(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_lplr.report.plot import draw_report
+
+    write_csv_run(tmp_path / "wide", wide_range_metrics())
+    fig = draw_report(load_runs([tmp_path / "wide"]), report_json(capsys, tmp_path / "wide")["runs"])
+    ax = panel(fig, "region")
+    (fill,) = [c for c in ax.collections if c.get_gid() == "mu_cert_negative"]
+    xs = np.concatenate([path.vertices[:, 0] for path in fill.get_paths()])
+    ys = np.concatenate([path.vertices[:, 1] for path in fill.get_paths()])
+    # mu_cert = 0.5 - t/51 crosses zero at t = 25.5 (interpolated); sampled every 3 steps up to 60.
+    assert xs.min() == pytest.approx(25.5) and xs.max() == 60
+    assert ys.max() <= 1e-12  # the shaded area lies between the certificate and zero, below zero
+
+    write_csv_run(tmp_path / "inside", {"pl/gap": {t: 0.9**t for t in range(10)},
+                                        "region/mu_cert": {t: 1.0 for t in range(10)}})  # fmt: skip
+    fig = draw_report(load_runs([tmp_path / "inside"]), report_json(capsys, tmp_path / "inside")["runs"])
+    assert not [c for c in panel(fig, "region").collections if c.get_gid() == "mu_cert_negative"]
+
+
+def test_plot_lazy_panel_draws_the_regime_thresholds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_lplr.report.plot import draw_report
+    from lightning_lplr.report.regimes import LIN_GAP_REL
+
+    write_csv_run(tmp_path / "wide", wide_range_metrics())
+    fig = draw_report(load_runs([tmp_path / "wide"]), report_json(capsys, tmp_path / "wide")["runs"])
+    ax = panel(fig, "lazy")
+    levels = {line.get_ydata()[0] for line in ax.get_lines() if line not in data_lines(ax)}
+    assert levels == {LIN_GAP_REL.lazy_below, LIN_GAP_REL.left_from}  # no drift logged: no drift threshold
+    assert ax.get_yscale() == "log"
 
 
 def test_plot_without_matplotlib_fails_cleanly(
@@ -478,7 +566,7 @@ def test_unwritable_plot_path_and_internal_errors_exit_cleanly(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("lightning_lplr.report.summary.build_report", broken)
+    monkeypatch.setattr("lightning_lplr.report.summary.document_of", broken)
     code, _, err = run_cli(capsys, "report", logs / "pl_only")
     assert code == errors.EXIT_INTERNAL
     assert err.strip() == (
@@ -505,6 +593,27 @@ def test_repeated_steps_keep_the_last_value_and_loggers_merge(tmp_path: Path) ->
     assert loaded.formats == ("tensorboard", "csv")
 
 
+def test_csv_cells_blank_text_nan_short_rows_and_repeats(tmp_path: Path) -> None:
+    from lightning_lplr.report.reader import read_metrics_csv
+
+    (tmp_path / "metrics.csv").write_text(
+        "step,lplr/pl/gap,lplr/param/drift\n"
+        "0,1.0,\n"
+        "1, ,0.5\n"  # a blank cell: not logged
+        "2,abc,nan\n"  # text: skipped; NaN: kept
+        "3,0.25\n"  # a short row
+        "3,0.125,0.1\n"  # the same step again: the last value wins
+        "x,9,9\n"  # no usable step: skipped
+    )
+    pairs, _ = read_metrics_csv(tmp_path / "metrics.csv")
+    assert pairs["pl/gap"] == [(0, 1.0), (3, 0.25), (3, 0.125)]
+    (run,) = load_runs([tmp_path])
+    gap, drift = run.series["pl/gap"], run.series["param/drift"]
+    assert gap.steps.tolist() == [0, 3] and gap.values.tolist() == [1.0, 0.125]
+    assert drift.steps.tolist() == [1, 2, 3]
+    assert drift.values[0] == 0.5 and math.isnan(drift.values[1]) and drift.values[2] == 0.1
+
+
 def test_runs_without_lplr_keys_are_skipped_with_a_warning(tmp_path: Path) -> None:
     valid_event_file(tmp_path / "good")
     write_events(tmp_path / "other", {"loss": [(0, 1.0)]})
@@ -522,6 +631,17 @@ def test_runs_without_lplr_keys_are_skipped_with_a_warning(tmp_path: Path) -> No
 # ---------------------------------------------------------------------------------------------
 
 
+FLAG = {
+    "code": "ntk_drift_left_lazy",
+    "severity": "warning",
+    "key": "ntk/drift_op",
+    "step": 3,
+    "value": 1.5,
+    "threshold": 1.0,
+    "message": "left",
+}
+
+
 def test_schema_validator_rejects_bad_documents(logs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     document = report_json(capsys, logs / "ablation")
     run = document["runs"][0]
@@ -533,7 +653,27 @@ def test_schema_validator_rejects_bad_documents(logs: Path, capsys: pytest.Captu
         "bad regime": {**document, "runs": [{**run, "overall": {**run["overall"], "regime": "fast"}}]},
         "bool for an int": {**document, "runs": [{**run, "first_step": True}]},
         "wrong version": {**document, "schema_version": "0.9"},
+        "unknown flag code": {**document, "runs": [{**run, "flags": [{**FLAG, "code": "looks_bad"}]}]},
+        "flag without message": {
+            **document,
+            "runs": [{**run, "flags": [{k: v for k, v in FLAG.items() if k != "message"}]}],
+        },
+        "list in marker fields": {
+            **document,
+            "runs": [{**run, "marker": {**run["marker"], "fields": {"loss": ["mse"]}}}],
+        },
+        "verdict claim not a bool": {
+            **document,
+            "runs": [{**run, "verdict": {**run["verdict"], "pl_inequality_held": "yes"}}],
+        },
+        "bad lazy regime": {
+            **document,
+            "runs": [
+                {**run, "lazy": {**run["lazy"], "lin_gap_rel": {**run["lazy"]["lin_gap_rel"], "regime": "x"}}}
+            ],
+        },
     }
+    validate_report({**document, "runs": [{**run, "flags": [FLAG]}]})  # the well-formed flag passes
     for what, bad in bad_documents.items():
         with pytest.raises(ValueError):
             validate_report(bad)
@@ -558,3 +698,394 @@ def test_python_dash_m_entry_point(logs: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert f"| {TB_RUN} | 0" in result.stdout and "\\u03c1" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema marker, verdicts and flags: runs written with real writers, read back through the CLI
+# ---------------------------------------------------------------------------------------------
+
+V2_MARKER = {
+    "key_semantics_version": 2,
+    "monitor": "LPLRMonitor",
+    "prefix": "lplr/",
+    "kernel_kind": "full",
+    "norm_mode": "probe",
+    "loss": "mse_loss",
+    "loss_star": "zero",
+    "optimizer": "SGD",
+    "momentum": 0.0,
+    "plain_sgd": True,
+    "probe_is_training_set": True,
+    "full_batch": True,
+    "world_size": 1,
+}
+
+
+def v2_marker(**fields: object) -> dict:
+    from lightning_lplr.reporting.marker import make_marker
+
+    return make_marker(**{**{k: v for k, v in V2_MARKER.items() if k != "key_semantics_version"}, **fields})
+
+
+def write_csv_run(directory: Path, metrics: dict[str, dict[int, float]], marker: dict | None = None) -> Path:
+    """A CSVLogger-style run by hand: sparse metrics.csv (values written with repr, so float64 survives)
+    and, with a marker, hparams.yaml holding flatten_marker(marker) as log_hyperparams keeps it."""
+    import yaml
+
+    from lightning_lplr.reporting.marker import flatten_marker
+
+    directory.mkdir(parents=True, exist_ok=True)
+    columns = [f"lplr/{key}" for key in metrics]
+    rows = by_step(metrics)
+    lines = [",".join(["epoch", "step", *columns])]
+    for step, row in rows.items():
+        lines.append(",".join(["0", str(step), *(repr(row[c]) if c in row else "" for c in columns)]))
+    (directory / "metrics.csv").write_text("\n".join(lines) + "\n")
+    if marker is not None:
+        (directory / "hparams.yaml").write_text(yaml.safe_dump(flatten_marker(marker, "lplr/")))
+    return directory
+
+
+def write_tb_run(directory: Path, metrics: dict[str, dict[int, float]], marker: dict | None = None) -> Path:
+    """A TensorBoard run written with SummaryWriter; the marker as the monitor writes it (add_text)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_lplr.reporting.marker import encode_marker, marker_tag
+
+    writer = SummaryWriter(log_dir=str(directory))
+    if marker is not None:
+        writer.add_text(marker_tag("lplr/"), encode_marker(marker), global_step=0)
+    for step, row in by_step(metrics).items():
+        for tag, value in row.items():
+            writer.add_scalar(tag, value, global_step=step)
+    writer.close()
+    return directory
+
+
+def decaying(steps: int = 80, rho: float = 0.9, envelope: float = 0.3) -> dict[str, dict[int, float]]:
+    """A clean linear decay from 1 with a positive envelope and linear regime codes."""
+    return {
+        "pl/gap": {t: rho**t for t in range(steps)},
+        "pl/envelope_min": {t: envelope for t in range(steps)},
+        "rate/regime": {t: 1.0 for t in range(10, steps)},
+    }
+
+
+def run_doc(capsys: pytest.CaptureFixture[str], path: Path, *argv: object) -> tuple[dict, str]:
+    """The run's JSON object and its text block, both through the CLI."""
+    (run,) = report_json(capsys, path, *argv)["runs"]
+    code, text, err = run_cli(capsys, "report", path, *argv)
+    assert code == 0, err
+    return run, text
+
+
+def flag_codes(run: dict) -> list[str]:
+    return [flag["code"] for flag in run["flags"]]
+
+
+@pytest.mark.parametrize("decay", ["flat", "linear"])
+def test_cross_entropy_with_zero_loss_star_never_claims_pl(
+    decay: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    metrics = decaying()
+    if decay == "flat":  # a loss that does not move: ln 10 for ten classes, a flat ratio, regime undetermined
+        metrics["pl/gap"] = {t: math.log(10) * (1 + 1e-4 * (-1) ** t) for t in range(80)}
+        metrics["rate/regime"] = {t: 0.0 for t in range(10, 80)}
+    path = write_csv_run(tmp_path / "ce", metrics, v2_marker(loss="cross_entropy"))
+    run, text = run_doc(capsys, path)
+    verdict = run["verdict"]
+    assert verdict["pl_inequality_held"] is False and verdict["gap_credible"] is False
+    assert verdict["gap_basis"] is None and verdict["mu_envelope_min"] == 0.3
+    assert "A PL inequality held" not in text
+    assert "L* = 0 is the infimum of the cross_entropy loss" in text and "typically sublinear" in text
+    # The same data with a squared loss: the decay decides (the rule can say yes).
+    path = write_csv_run(tmp_path / "mse", metrics, v2_marker(loss="mse_loss"))
+    run, text = run_doc(capsys, path)
+    assert run["verdict"]["pl_inequality_held"] is (decay == "linear")
+    assert ("A PL inequality held on the sampled steps" in text) is (decay == "linear")
+    if decay == "linear":
+        assert run["verdict"]["gap_basis"] == "linear_regime"
+
+
+def test_given_loss_star_makes_the_gap_credible(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    metrics = decaying()
+    metrics["rate/regime"] = {t: 0.0 for t in range(10, 80)}  # not linear: only the given L* can vouch
+    run, text = run_doc(
+        capsys, write_csv_run(tmp_path / "r", metrics, v2_marker(loss="cross_entropy", loss_star=0.25))
+    )
+    assert run["verdict"]["pl_inequality_held"] and run["verdict"]["gap_basis"] == "loss_star_value"
+    assert run["loss_star"]["strategy"] == "value" and run["loss_star"]["value"] == 0.25
+    assert "L* = 0.25 was given" in text
+
+
+def test_eta_beta_past_the_threshold_is_flagged_only_where_it_means_something(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eta, beta = 0.5, {t: 3.0 + 0.02 * t for t in range(0, 80, 10)}  # η·β = 1.5, 1.6, …, 2.2 (step 70)
+    metrics = {
+        **decaying(),
+        "curv/beta": beta,
+        "ntk/eta_beta": {t: eta * b for t, b in beta.items()},
+    }
+    first = min(t for t, b in beta.items() if eta * b >= 2)
+    run, text = run_doc(capsys, write_tb_run(tmp_path / "sgd", metrics, v2_marker()))
+    (flag,) = run["flags"]
+    assert flag["code"] == "eta_beta_unstable" and flag["severity"] == "warning"
+    assert flag["step"] == first == 50 and flag["threshold"] == 2.0
+    assert flag["value"] == pytest.approx(eta * beta[70], rel=1e-6)
+    assert run["stability"]["first_step_unstable"] == first
+    assert "eta_beta_unstable" in text and "past the stability threshold 2" in text
+    # η recovered from ntk/eta_beta / curv/beta (float32 in TensorBoard: rel 1e-6); β = the largest curv/beta.
+    verdict = run["verdict"]
+    assert verdict["eta"] == pytest.approx(eta, rel=1e-6) and verdict["beta"] == pytest.approx(
+        beta[70], rel=1e-6
+    )
+    mu = verdict["mu_envelope_min"]
+    expected = 1 - 2 * eta * mu * (1 - eta * beta[70] / 2)
+    assert verdict["contraction_implied_envelope"] == pytest.approx(expected, rel=1e-5)
+    assert verdict["contraction_measured"] == pytest.approx(0.9, rel=1e-6)
+
+    # Heavy-ball momentum 0.9: threshold 2(1 + 0.9) = 3.8, not reached. Adam: indicative only, no flag.
+    run, _ = run_doc(
+        capsys, write_tb_run(tmp_path / "momentum", metrics, v2_marker(momentum=0.9, plain_sgd=False))
+    )
+    assert run["flags"] == [] and run["stability"]["threshold"] == pytest.approx(3.8)
+    run, text = run_doc(
+        capsys, write_tb_run(tmp_path / "adam", metrics, v2_marker(optimizer="Adam", plain_sgd=False))
+    )
+    assert run["flags"] == [] and run["stability"]["threshold"] is None
+    assert "indicative only (optimizer Adam" in text
+    assert "The formula is for plain gradient descent; this run used Adam" in text
+
+
+def test_negative_lambda_min_beyond_float32_tolerance_is_flagged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_lplr.report.regimes import negative_eigenvalue_tolerance
+
+    tol = negative_eigenvalue_tolerance(1.0)  # 1000·2⁻²³ ≈ 1.19e-4 with λ_max = 1
+    steps = range(0, 80, 10)
+    metrics = {
+        **decaying(),
+        "ntk/lambda_max": {t: 1.0 for t in steps},
+        "ntk/lambda_min": {t: (-0.5 * tol if t < 40 else -10 * tol) for t in steps},  # noise, then not
+        "ntk_pseudo/lambda_max": {t: 2.0 for t in steps},
+        "ntk_pseudo/lambda_min": {t: -0.9 * negative_eigenvalue_tolerance(2.0) for t in steps},  # noise only
+        "ntk_trace/lambda_min": {t: -1e-3 for t in steps},  # no lambda_max: no tolerance to apply
+    }
+    run, text = run_doc(capsys, write_csv_run(tmp_path / "neg", metrics, v2_marker()))
+    flags = {flag["key"]: flag for flag in run["flags"]}
+    assert set(flags) == {"ntk/lambda_min", "ntk_trace/lambda_min"}
+    full = flags["ntk/lambda_min"]
+    assert full["code"] == "negative_lambda_min" and full["step"] == 40
+    assert full["value"] == pytest.approx(-10 * tol) and full["threshold"] == pytest.approx(-tol)
+    assert "at 4 of 8 samples" in full["message"] and "not a property of the model" in full["message"]
+    assert "no ntk_trace/lambda_max was logged" in flags["ntk_trace/lambda_min"]["message"]
+    assert text.count("negative_lambda_min") == 2
+
+
+def test_float32_gram_noise_stays_inside_the_tolerance() -> None:
+    """The measurement behind GRAM_NOISE_FACTOR, on rank-deficient kernels (true λ_min = 0): the float32
+    Gram's most negative eigenvalue stays within the tolerance, and a genuine error is caught."""
+    from lightning_lplr.report.regimes import negative_eigenvalue_tolerance
+
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for n, p, rank in ((64, 8, 8), (320, 2000, 40), (640, 64, 64)):
+        jac = (rng.standard_normal((n, rank)) @ rng.standard_normal((rank, p))).astype(np.float32)
+        gram = jac @ jac.T  # float32 product, as the kernels are computed
+        eig = np.linalg.eigvalsh(0.5 * (gram + gram.T).astype(np.float64))
+        worst = max(worst, -eig[0] / negative_eigenvalue_tolerance(eig[-1]))
+        broken = eig[0] - 2 * negative_eigenvalue_tolerance(eig[-1])  # e.g. a wrong diagonal shift
+        assert broken < -negative_eigenvalue_tolerance(eig[-1])
+    assert 0 < worst < 0.05  # measured ≤ 2 ε₃₂ λ_max against the tolerance of 1000 ε₃₂ λ_max
+
+
+def test_ntk_drift_past_one_is_flagged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    metrics = {**decaying(), "ntk/drift_op": {t: 0.025 * t for t in range(0, 80, 10)}}  # 1.0 at step 40
+    run, text = run_doc(capsys, write_tb_run(tmp_path / "drift", metrics, v2_marker()))
+    (flag,) = run["flags"]
+    assert flag["code"] == "ntk_drift_left_lazy" and flag["step"] == 40 and flag["threshold"] == 1.0
+    assert flag["value"] == pytest.approx(1.75)
+    drift = run["lazy"]["ntk_drift_op"]
+    assert (drift["first_step_transitional"], drift["first_step_left"], drift["regime"]) == (10, 40, "left")
+    assert "ntk_drift_left_lazy" in text and "training left the lazy regime" in text
+
+
+def test_linearisation_gap_crossing_both_thresholds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gap_rel = {0: 0.0, 5: 0.05, 10: 0.08, 15: 0.12, 20: 0.3, 25: 0.49, 30: 0.51, 35: 0.9}
+    run, text = run_doc(
+        capsys, write_csv_run(tmp_path / "lin", {**decaying(), "lin/gap_rel": gap_rel}, v2_marker())
+    )
+    lin = run["lazy"]["lin_gap_rel"]
+    assert (lin["first_step_transitional"], lin["first_step_left"]) == (15, 30)
+    assert (lin["max"], lin["max_step"], lin["regime"]) == (0.9, 35, "left")
+    assert flag_codes(run) == ["lin_gap_left_lazy"]
+    assert "lin/gap_rel max 0.9 at step 35, first ≥ 0.1 at step 15, first ≥ 0.5 at step 30: left" in text
+    assert "lin_gap_left_lazy" in text
+    # Below 0.5: transitional, an info flag.
+    gap_rel = {t: v for t, v in gap_rel.items() if v < 0.5}
+    run, _ = run_doc(
+        capsys, write_csv_run(tmp_path / "lin2", {**decaying(), "lin/gap_rel": gap_rel}, v2_marker())
+    )
+    assert flag_codes(run) == ["lin_gap_transitional"] and run["flags"][0]["severity"] == "info"
+    assert run["lazy"]["lin_gap_rel"]["first_step_left"] is None
+
+
+def test_marker_is_read_from_tensorboard_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = v2_marker(loss="cross_entropy", package_version="0.1.0")
+    run, text = run_doc(capsys, write_tb_run(tmp_path / "tb", decaying(), marker))
+    assert run["marker"]["found"] and run["marker"]["source"] == "tensorboard"
+    assert run["marker"]["fields"] == marker and run["marker"]["key_semantics_version"] == 2
+    assert (
+        "Reading: key semantics v2, full kernel, norm_mode probe, loss cross_entropy, L* zero, optimizer SGD "
+        in text
+    )
+    assert "(schema marker from TensorBoard text record)" in text
+
+
+def test_marker_is_read_from_csv_logger_hparams(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """CSVLogger keeps log_hyperparams(flatten_marker(...)) in hparams.yaml next to metrics.csv."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_lplr.reporting.marker import flatten_marker
+
+    marker = v2_marker(norm_mode="train", momentum=0.9, plain_sgd=False)
+    logger = CSVLogger(save_dir=str(tmp_path), name="csv", version=0)
+    logger.log_hyperparams({**flatten_marker(marker, "lplr/"), "classes": (0, 1)})  # a tuple: !!python/tuple
+    for step, row in by_step(decaying()).items():
+        logger.log_metrics(row, step=step)
+    logger.finalize("success")
+    run, text = run_doc(capsys, tmp_path / "csv" / "version_0")
+    assert run["marker"]["source"] == "hparams.yaml" and run["marker"]["fields"] == marker
+    assert "norm_mode train" in text and "optimizer SGD (momentum 0.9)" in text
+    assert run["stability"]["threshold"] == pytest.approx(3.8)
+
+
+def test_run_without_marker_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, text = run_doc(capsys, write_csv_run(tmp_path / "old", decaying()))
+    assert run["marker"] == {
+        "found": False,
+        "source": None,
+        "key_semantics_version": 1,
+        "fields": {},
+        "description": run["marker"]["description"],
+    }
+    assert "Reading: no schema marker: the run was written before key semantics v2" in text
+    assert "ntk/* may be a trace or pseudo kernel, ntk/eta_beta used λ_max(K)/m" in text
+    assert run["loss_star"]["source"] == "assumed" and run["loss_star"]["value"] == 0.0
+
+
+def test_lplr_pairs_directories_are_not_runs(tmp_path: Path) -> None:
+    write_tb_run(tmp_path / "version_0", decaying())
+    write_events(tmp_path / "version_0" / "lplr_pairs" / "pl_ratio", {"lplr/pl/gap": [(0, 1.0)]})
+    write_events(tmp_path / "version_0" / "nested" / "lplr_pairs", {"lplr/pl/gap": [(0, 1.0)]})
+    assert [loc.name for loc in find_runs(tmp_path)] == ["version_0"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Post-hoc running_min L*
+# ---------------------------------------------------------------------------------------------
+
+L_STAR, AMPLITUDE, RHO, MU = 0.5, 1.0, 0.95, 0.2
+
+
+def offset_run(tmp_path: Path) -> Path:
+    """Losses L* + A·ρ^t with L* = 0.5 logged with L* = 0 (pl/gap = loss), and step PL ratios whose true
+    value (with the true gap) is μ: ‖∇L‖² = 2μ(L − L*), so the logged ratio is μ(L − L*)/L."""
+    steps = range(300)
+    loss = {t: L_STAR + AMPLITUDE * RHO**t for t in steps}
+    ratio = {t: MU * (loss[t] - L_STAR) / loss[t] for t in steps}
+    regime = {t: 0.0 for t in range(10, 300)}  # what the monitor saw with L* = 0: a plateau
+    metrics = {
+        "pl/gap": loss,
+        "pl/ratio_step": ratio,
+        "pl/envelope_min": {t: min(ratio[s] for s in range(t + 1)) for t in steps},
+        "rate/regime": regime,
+        "rate/contraction": {t: 1.0 for t in range(10, 300)},
+        "pl/mu_ntk": {t: 0.1 for t in range(0, 300, 50)},
+    }
+    return write_csv_run(tmp_path / "offset", metrics, v2_marker())
+
+
+def test_running_min_recovers_loss_star_and_the_rate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = offset_run(tmp_path)
+    logged, text = run_doc(capsys, path)
+    assert not logged["verdict"]["pl_inequality_held"]  # gap = loss ≈ 0.5: not linear, L* = 0 not credible
+
+    margin = 1e-6
+    run, text = run_doc(capsys, path, "--loss-star", "running_min", "--margin", margin)
+    star = run["loss_star"]
+    lowest = L_STAR + AMPLITUDE * RHO**299
+    assert star["strategy"] == "running_min" and star["recomputed"] and star["margin"] == margin
+    assert star["value"] == pytest.approx(lowest - margin * lowest, abs=1e-15)
+    assert abs(star["value"] - L_STAR) <= margin * lowest + AMPLITUDE * RHO**299  # within the margin
+    assert star["dropped_keys"] == ["pl/mu_ntk"] and "pl/mu_ntk" not in run["keys"]
+    # The recomputed rate: the early decay is A·ρ^t on top of a floor δ = L* − L*_rm ≈ 3e-7; the
+    # recomputed regime codes find it linear, and the fit over that span recovers ρ to 1e-3
+    # (δ is at most 1e-2 of the gap where the fit ends).
+    spans = run["linear_spans"]["spans"]
+    assert spans, text
+    longest = max(spans, key=lambda s: s["end_step"] - s["start_step"])
+    assert longest["end_step"] - longest["start_step"] >= 100
+    assert longest["fit"]["contraction"] == pytest.approx(RHO, abs=1e-3)
+    assert run["verdict"]["pl_inequality_held"] and run["verdict"]["gap_basis"] == "loss_star_running_min"
+    assert "L*: post-hoc running minimum 0.5" in text and "recomputed with it" in text
+    # Step PL ratios: ratio_new = ratio_old·Δ_old/Δ_new = μ (L − L*)/(L − L*_rm), μ where δ ≪ L − L*.
+    (loaded,) = load_runs([path])
+    from lightning_lplr.report.summary import resolve_loss_star
+
+    recomputed, _ = resolve_loss_star(loaded, "running_min", margin=margin)
+    ratio = recomputed.series["pl/ratio_step"]
+    early = ratio.steps <= 100
+    assert ratio.values[early] == pytest.approx(MU, rel=1e-4)
+    assert recomputed.series["pl/envelope_min"].values[-1] == pytest.approx(ratio.values.min())
+    assert run["pl"]["envelope_min_final"] == pytest.approx(ratio.values.min())
+
+
+def test_running_min_needs_a_logged_loss_star(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_csv_run(tmp_path / "fit", decaying(), v2_marker(loss_star="fit"))
+    run, text = run_doc(capsys, path, "--loss-star", "running_min")
+    assert not run["loss_star"]["recomputed"] and run["loss_star"]["value"] is None
+    assert "no single value is logged" in text
+
+
+def test_cli_defaults_match_posthoc() -> None:
+    from lightning_lplr.report import cli, posthoc
+
+    assert cli._DEFAULT_MARGIN == posthoc.DEFAULT_MARGIN
+    assert cli._DEFAULT_RATE_WINDOW == posthoc.DEFAULT_RATE_WINDOW
+
+
+# ---------------------------------------------------------------------------------------------
+# The monitor's end-of-fit summary: the same document from an in-memory history
+# ---------------------------------------------------------------------------------------------
+
+
+def test_report_from_history_equals_the_report_of_the_logged_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_lplr.report import render_text, report_from_history
+
+    metrics = {
+        **decaying(),
+        "ntk/drift_op": {t: 0.025 * t for t in range(0, 80, 10)},
+        "lin/gap_rel": {t: 0.01 * t for t in range(0, 80, 10)},
+    }
+    marker = v2_marker()
+    (from_files,) = report_json(capsys, write_csv_run(tmp_path / "r", metrics, marker))["runs"]
+    history = {key: sorted(values.items()) for key, values in metrics.items()}
+    history["train_loss"] = [(0, 1.0)]  # not a contract key: left out
+    document = report_from_history(history, marker, name="r")
+    validate_report(document)
+    (from_history,) = document["runs"]
+    assert from_history["formats"] == ["history"] and from_history["marker"]["source"] == "monitor"
+    assert from_history["other_keys"] == ["train_loss"]
+    for key in ("verdict", "flags", "lazy", "stability", "linear_spans", "overall", "pl", "ntk", "loss_star"):
+        assert from_history[key] == from_files[key], key
+    text = render_text(document)
+    assert "ntk_drift_left_lazy" in text and "A PL inequality held" in text

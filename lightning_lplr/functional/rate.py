@@ -11,19 +11,25 @@ Conventions (DESIGN.md §2): over a window of steps ``t`` with gaps ``Δ_t = L_t
 Points that cannot enter a log-fit (a non-positive or non-finite gap, a non-finite
 step) are dropped, not errors: the fits report how many points they used, and with
 fewer than two usable points every fitted value is NaN.
+
+This module imports neither torch nor Lightning (the ``lightning-lplr report`` command uses it
+without paying for them): a value is treated as a tensor only when torch is already imported and
+the value is a ``torch.Tensor``; a tensor cannot exist before torch is imported.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Sequence
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only; torch is never imported here
+    from torch import Tensor
 
 __all__ = [
     "ArrayLike",
@@ -41,8 +47,21 @@ __all__ = [
     "stability_indicator",
 ]
 
-ArrayLike = Tensor | np.ndarray | Sequence[float]
+ArrayLike = Union["Tensor", np.ndarray, Sequence[float]]  # "Tensor": a forward reference
 """A 1-D series: torch tensor, numpy array, or a sequence of floats / 0-d tensors."""
+
+
+def _as_tensor(value: Any) -> Tensor | None:
+    """``value`` when it is a ``torch.Tensor``, else ``None``; never imports torch.
+
+    A tensor can only exist once torch is imported, so torch absent from ``sys.modules``
+    means ``value`` is not one.
+    """
+    torch = sys.modules.get("torch")
+    tensor_type = getattr(torch, "Tensor", None)
+    if tensor_type is not None and isinstance(value, tensor_type):
+        return value
+    return None
 
 
 def _as_float_ndarray(values: Any, argument: str, ndim: int = 1, hint: str = "") -> np.ndarray:
@@ -50,8 +69,9 @@ def _as_float_ndarray(values: Any, argument: str, ndim: int = 1, hint: str = "")
 
     ``hint`` is appended to the error raised for a wrong number of dimensions.
     """
-    if isinstance(values, Tensor):
-        arr = values.detach().to("cpu", torch.float64).numpy()
+    tensor = _as_tensor(values)
+    if tensor is not None:
+        arr = tensor.detach().to("cpu", sys.modules["torch"].float64).numpy()
     else:
         try:
             arr = np.asarray(values, dtype=np.float64)
@@ -75,10 +95,11 @@ def _as_float_array(values: Any, argument: str) -> np.ndarray:
 
 def _as_float(value: Any, argument: str) -> float:
     """A python float from a number, a numpy scalar or a one-element tensor."""
-    if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{argument} must be a scalar; got a tensor of shape {tuple(value.shape)}.")
-        return float(value.detach().item())
+    tensor = _as_tensor(value)
+    if tensor is not None:
+        if tensor.numel() != 1:
+            raise ValueError(f"{argument} must be a scalar; got a tensor of shape {tuple(tensor.shape)}.")
+        return float(tensor.detach().item())
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -344,7 +365,7 @@ def classify_regime(
 # Row-wise (batched) fits: one independent window per row, the same math as the scalar fits.
 # ---------------------------------------------------------------------------------------------
 
-RowsLike = Tensor | np.ndarray | Sequence[Sequence[float]]
+RowsLike = Union["Tensor", np.ndarray, Sequence[Sequence[float]]]  # "Tensor": a forward reference
 """A 2-D batch of windows ``(B, W)``: torch tensor, numpy array, or nested sequences of floats."""
 
 

@@ -3,17 +3,21 @@
 Usage::
 
     lightning-lplr report PATH [PATH ...] [--prefix lplr/] [--json | --markdown]
-                          [--plot FILE.png] [--allow-truncated] [--debug]
+                          [--plot FILE.png] [--loss-star {logged,running_min}]
+                          [--margin M] [--rate-window W] [--allow-truncated] [--debug]
 
 ``PATH`` is a run directory, a parent of runs (e.g. ``lightning_logs/``), a single
 TensorBoard event file or a Lightning ``metrics.csv``. The report goes to stdout
 (text by default); warnings, errors and "wrote FILE" go to stderr, one line each,
 and the exit status says what went wrong (:mod:`lightning_lplr.report.errors`).
 
+The command imports neither torch nor Lightning (reading a run takes well under the 3-4 s
+their import costs); matplotlib is imported only for ``--plot``.
+
 Example:
     >>> args = build_parser().parse_args(["report", "lightning_logs/", "--markdown"])
-    >>> args.paths, args.markdown, args.prefix
-    (['lightning_logs/'], True, 'lplr/')
+    >>> args.paths, args.markdown, args.prefix, args.loss_star
+    (['lightning_logs/'], True, 'lplr/', 'logged')
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ from typing import TextIO
 from lightning_lplr.report._version import tool_version
 from lightning_lplr.report.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ReportError
 from lightning_lplr.reporting.keys import DEFAULT_PREFIX
+
+# The defaults of lightning_lplr.report.posthoc, repeated so that --help imports neither it nor numpy;
+# tests/test_report.py checks that they agree.
+_DEFAULT_MARGIN = 1e-3
+_DEFAULT_RATE_WINDOW = 50
 
 __all__ = ["build_parser", "main"]
 
@@ -77,12 +86,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot", metavar="FILE.png", help="also draw a four-panel figure of all runs (needs matplotlib)"
     )
     report.add_argument(
+        "--loss-star",
+        choices=("logged", "running_min"),
+        default="logged",
+        help="L* of the gaps: as logged (default), or the post-hoc running minimum over the whole run, "
+        "L* = min L - M*|min L|, with the gaps, step PL ratios, envelope and rate fits recomputed",
+    )
+    report.add_argument(
+        "--margin",
+        type=_non_negative,
+        default=_DEFAULT_MARGIN,
+        metavar="M",
+        help=f"margin M of --loss-star running_min (default: {_DEFAULT_MARGIN:g})",
+    )
+    report.add_argument(
+        "--rate-window",
+        type=_window,
+        default=_DEFAULT_RATE_WINDOW,
+        metavar="W",
+        help="gaps per recomputed rate fit with --loss-star running_min (default: "
+        f"{_DEFAULT_RATE_WINDOW}, the monitors' rate_window)",
+    )
+    report.add_argument(
         "--allow-truncated",
         action="store_true",
         help="read event files whose last record is incomplete (a run still being written)",
     )
     report.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     return parser
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0 (e.g. 0.001)")
+    return value
+
+
+def _window(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an int >= 2 (e.g. 50)")
+    return value
 
 
 def _safe_streams() -> None:
@@ -102,7 +153,7 @@ def _report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from lightning_lplr.report.reader import load_runs
     from lightning_lplr.report.render import render_markdown, render_text
     from lightning_lplr.report.schema import validate_report
-    from lightning_lplr.report.summary import build_report
+    from lightning_lplr.report.summary import document_of, resolve_loss_star
 
     def warn(message: str) -> None:
         print(f"{_PROG}: warning: {message}", file=stderr)
@@ -113,11 +164,15 @@ def _report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
         _import_matplotlib()
     runs = load_runs(args.paths, args.prefix, allow_truncated=args.allow_truncated, warn=warn)
-    document = build_report(runs, args.prefix)
+    resolved = [
+        resolve_loss_star(run, args.loss_star, margin=args.margin, rate_window=args.rate_window)
+        for run in runs
+    ]
+    document = document_of(resolved, args.prefix)
     if args.plot:
         from lightning_lplr.report.plot import plot_report
 
-        plot_report(runs, document["runs"], args.plot)
+        plot_report([run for run, _ in resolved], document["runs"], args.plot)
     if args.json:
         validate_report(document)
         stdout.write(json.dumps(document, indent=2, allow_nan=False) + "\n")

@@ -24,6 +24,14 @@ What is read:
 * A directory with both event files and a ``metrics.csv`` (both loggers sharing a
   version directory) is one run: the event files win and the CSV fills in keys they
   lack.
+* The run's schema marker (:mod:`lightning_lplr.reporting.marker`): the text record
+  ``<prefix>schema`` of an event file (``SummaryWriter.add_text`` stores it under
+  ``<prefix>schema/text_summary``), else the ``<prefix>schema/*`` hyper-parameters of the
+  ``hparams.yaml`` in the run directory (what ``log_hyperparams`` of Lightning's ``CSVLogger``
+  and ``TensorBoardLogger`` write; read with PyYAML, which is imported only then and is
+  optional). A run without a marker was written before key-semantics version 2.
+* Directories named ``lplr_pairs`` below a run hold the monitor's paired series (mirrored for
+  TensorBoard's colours); they are not runs and are not read.
 
 The event files are read record by record with TensorBoard's own protobufs and
 checksum (``tensorboard.compat.proto.event_pb2``, ``masked_crc32c``) rather than
@@ -45,21 +53,25 @@ Example:
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
 from lightning_lplr.report.errors import EXIT_BAD_INPUT, EXIT_NO_DATA, EXIT_NOT_FOUND, ReportError
 from lightning_lplr.reporting.keys import ALL_KEYS, DEFAULT_PREFIX, SKIP_KEYS
+from lightning_lplr.reporting.marker import marker_tag, parse_marker, unflatten_marker
 
 __all__ = [
     "CSV_FILE_NAME",
+    "HPARAMS_FILE_NAME",
+    "PAIRS_DIR_NAME",
     "Run",
     "RunLocation",
     "Series",
@@ -69,11 +81,16 @@ __all__ = [
     "load_run",
     "load_runs",
     "read_event_file",
+    "read_hparams_marker",
     "read_metrics_csv",
 ]
 
 CSV_FILE_NAME = "metrics.csv"
 """The file name Lightning's ``CSVLogger`` writes in each version directory."""
+HPARAMS_FILE_NAME = "hparams.yaml"
+"""The file name Lightning's loggers write their hyper-parameters (and so the schema marker) to."""
+PAIRS_DIR_NAME = "lplr_pairs"
+"""Directories of this name hold the monitor's paired TensorBoard series: never runs."""
 
 _EVENT_MARK = "tfevents"
 _SKIP_PREFIX = "skipped/"
@@ -121,6 +138,23 @@ class Series:
         values = np.array([by_step[s] for s in steps.tolist()], dtype=np.float64)
         return cls(steps, values)
 
+    @classmethod
+    def from_arrays(cls, steps: np.ndarray, values: np.ndarray) -> Series:
+        """Build from parallel arrays in write order; a repeated step keeps its last value.
+
+        Example:
+            >>> s = Series.from_arrays(np.array([3, 1, 3]), np.array([0.5, 2.0, 0.25]))
+            >>> s.steps.tolist(), s.values.tolist()
+            ([1, 3], [2.0, 0.25])
+        """
+        steps = np.asarray(steps, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float64)
+        order = np.argsort(steps, kind="stable")
+        steps, values = steps[order], values[order]
+        last = np.ones(steps.shape, dtype=bool)
+        last[:-1] = steps[1:] != steps[:-1]
+        return cls(steps[last], values[last])
+
     def __len__(self) -> int:
         return int(self.steps.shape[0])
 
@@ -162,6 +196,10 @@ class Run:
         other_keys: names under the prefix that are not contract keys.
         other_tags: scalar tags / CSV columns outside the prefix (used to suggest ``--prefix``).
         truncated: event files whose truncated final record was ignored (``allow_truncated``).
+        marker: the run's schema marker (:mod:`lightning_lplr.reporting.marker`), ``None`` without one.
+        marker_source: where the marker was read: ``"tensorboard"``, ``"hparams.yaml"`` or
+            ``"monitor"`` (given in memory); ``None`` without a marker.
+        notes: sentences on what the reader could not read (e.g. an ``hparams.yaml`` without PyYAML).
     """
 
     name: str
@@ -171,6 +209,9 @@ class Run:
     other_keys: tuple[str, ...] = ()
     other_tags: tuple[str, ...] = ()
     truncated: tuple[str, ...] = field(default_factory=tuple)
+    marker: dict[str, Any] | None = None
+    marker_source: str | None = None
+    notes: tuple[str, ...] = ()
 
     def get(self, key: str) -> Series | None:
         """The series of ``key`` or ``None`` when it was not logged."""
@@ -185,7 +226,8 @@ def find_runs(path: str | os.PathLike[str]) -> list[RunLocation]:
     """The runs at ``path``: a run directory, a parent of runs, an event file or a CSV file.
 
     Every directory at or below ``path`` holding an event file or a ``metrics.csv`` is a
-    run (hidden directories are skipped), named by its path relative to ``path``; a
+    run (hidden directories and ``lplr_pairs`` directories, with all below them, are
+    skipped), named by its path relative to ``path``; a
     run at ``path`` itself is named after the directory. A single file is a run named
     after the directory that holds it.
 
@@ -219,7 +261,9 @@ def find_runs(path: str | os.PathLike[str]) -> list[RunLocation]:
         raise ReportError(f"{path}: cannot read directory (permission denied)", EXIT_NOT_FOUND)
     locations = []
     for dirpath, dirnames, filenames in os.walk(p, onerror=_walk_error):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and d not in ("__pycache__", PAIRS_DIR_NAME)
+        )
         directory = Path(dirpath)
         events = tuple(directory / f for f in sorted(filenames) if is_event_file(f))
         csvs = tuple(directory / f for f in sorted(filenames) if f == CSV_FILE_NAME)
@@ -298,11 +342,22 @@ def _scalar_of(value, plugin: str) -> float | None:
     return float(array.reshape(()))
 
 
+def _text_of(value: Any) -> str | None:
+    """The string of a text-plugin summary value (``SummaryWriter.add_text``), ``None`` otherwise."""
+    if value.WhichOneof("value") != "tensor" or not value.tensor.string_val:
+        return None
+    try:
+        return value.tensor.string_val[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 @dataclass
 class _Scalars:
     pairs: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     other: set[str] = field(default_factory=set)
     truncated: bool = False
+    markers: list[dict[str, Any]] = field(default_factory=list)
 
 
 def read_event_file(
@@ -326,12 +381,19 @@ def read_event_file(
             checksum or does not parse, or the file is truncated and ``allow_truncated``
             is false (``EXIT_BAD_INPUT``).
     """
+    out = _read_events(path, prefix, allow_truncated=allow_truncated)
+    return out.pairs, out.other, out.truncated
+
+
+def _read_events(path: str | os.PathLike[str], prefix: str, *, allow_truncated: bool) -> _Scalars:
+    """:func:`read_event_file`, plus the schema markers found in the file's text records."""
     from google.protobuf.message import DecodeError
     from tensorboard.compat.proto import event_pb2
 
     p = Path(path)
     out = _Scalars()
     plugins: dict[str, str] = {}
+    marker_tags = (marker_tag(prefix), marker_tag(prefix) + "/text_summary")
     needle = prefix.encode("utf-8") if prefix else b""
     try:
         with open(p, "rb") as fh:
@@ -358,7 +420,13 @@ def read_event_file(
                         tag = value.tag
                         if value.HasField("metadata") and value.metadata.plugin_data.plugin_name:
                             plugins[tag] = value.metadata.plugin_data.plugin_name
-                        scalar = _scalar_of(value, plugins.get(tag, ""))
+                        plugin = plugins.get(tag, "")
+                        if plugin == "text" and tag in marker_tags:
+                            marker = parse_marker(_text_of(value) or "")
+                            if marker is not None:
+                                out.markers.append(marker)
+                            continue
+                        scalar = _scalar_of(value, plugin)
                         if scalar is None:
                             continue
                         if not verified:
@@ -378,7 +446,7 @@ def read_event_file(
                 out.truncated = True
     except OSError as error:
         raise ReportError(f"{p}: cannot open ({error.strerror or error})", EXIT_NOT_FOUND) from None
-    return out.pairs, out.other, out.truncated
+    return out
 
 
 def _parse_step(cell: str) -> int | None:
@@ -409,8 +477,35 @@ def read_metrics_csv(
         ReportError: the file cannot be opened (``EXIT_NOT_FOUND``); it is empty, not
             text, malformed, or has no ``step`` column (``EXIT_BAD_INPUT``).
     """
+    columns, other = _read_csv_columns(path, prefix)
+    pairs = {
+        key: list(zip(steps.tolist(), values.tolist(), strict=True))
+        for key, (steps, values) in columns.items()
+    }
+    return pairs, other
+
+
+def _column_values(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, usable)`` of non-empty cells: float64, and which of them parsed as numbers."""
+    try:
+        return np.fromiter(map(float, texts), np.float64, len(texts)), np.ones(len(texts), dtype=bool)
+    except ValueError:  # a cell that is not a number (or only blanks): parse one by one, skip it
+        values = np.empty(len(texts), dtype=np.float64)
+        usable = np.ones(len(texts), dtype=bool)
+        for k, text in enumerate(texts):
+            try:
+                values[k] = float(text)
+            except ValueError:
+                usable[k] = False
+        return values, usable
+
+
+def _read_csv_columns(
+    path: str | os.PathLike[str], prefix: str
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], set[str]]:
+    """:func:`read_metrics_csv` column by column: key → ``(steps, values)`` arrays in row order."""
     p = Path(path)
-    pairs: dict[str, list[tuple[int, float]]] = {}
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     try:
         with open(p, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
@@ -429,20 +524,16 @@ def read_metrics_csv(
                 step_index = header.index("step")
                 columns = [(i, h[len(prefix) :]) for i, h in enumerate(header) if h.startswith(prefix)]
                 other = {h for h in header if not h.startswith(prefix) and h not in ("step", "epoch")}
+                rows: list[list[str]] = []
+                steps: list[int] = []
                 for row in reader:
                     if len(row) <= step_index:
                         continue
                     step = _parse_step(row[step_index])
                     if step is None:
                         continue
-                    for index, key in columns:
-                        if index >= len(row) or not row[index].strip():
-                            continue
-                        try:
-                            value = float(row[index])
-                        except ValueError:
-                            continue
-                        pairs.setdefault(key, []).append((step, value))
+                    rows.append(row)
+                    steps.append(step)
             except csv.Error as error:
                 raise ReportError(
                     f"{p}: malformed CSV at line {reader.line_num} ({error})", EXIT_BAD_INPUT
@@ -451,7 +542,96 @@ def read_metrics_csv(
         raise ReportError(f"{p}: not a UTF-8 text CSV file", EXIT_BAD_INPUT) from None
     except OSError as error:
         raise ReportError(f"{p}: cannot open ({error.strerror or error})", EXIT_NOT_FOUND) from None
-    return pairs, other
+    step_array = np.array(steps, dtype=np.int64)
+    width = len(header)
+    # Transpose in C: pad short rows, then zip(*rows) gives one tuple of cells per column (cells past
+    # the header's width are ignored, as before).
+    cells_by_column = list(
+        zip(*(row if len(row) >= width else row + [""] * (width - len(row)) for row in rows), strict=False)
+    )
+    for index, key in columns:
+        cells = cells_by_column[index] if cells_by_column else ()
+        if "" in cells:  # sparse: an empty cell means "not logged at this step"
+            keep = np.array([k for k, cell in enumerate(cells) if cell], dtype=np.int64)
+            texts: Sequence[str] = [cells[k] for k in keep.tolist()]
+        else:
+            keep, texts = np.arange(len(cells)), cells
+        if not len(texts):
+            continue
+        values, usable = _column_values(texts)
+        if usable.any():
+            out[key] = (step_array[keep][usable], values[usable])
+    return out, other
+
+
+def _marker_in_params(params: Any, prefix: str) -> dict[str, Any] | None:
+    """The marker in logged hyper-parameters: flat ``<prefix>schema/<field>`` keys, or ``<prefix>schema``.
+
+    ``<prefix>schema`` may hold the marker as a mapping or as its JSON text.
+    """
+    if not isinstance(params, dict):
+        return None
+    flat = unflatten_marker({str(k): v for k, v in params.items()}, prefix)
+    if flat is not None:
+        return flat
+    nested = params.get(marker_tag(prefix))
+    if isinstance(nested, dict):
+        return nested if "key_semantics_version" in nested else None
+    if isinstance(nested, str):
+        return parse_marker(nested)
+    return None
+
+
+def read_hparams_marker(
+    path: str | os.PathLike[str], prefix: str = DEFAULT_PREFIX
+) -> tuple[dict[str, Any] | None, str | None]:
+    r"""The schema marker in a Lightning ``hparams.yaml`` (written by ``log_hyperparams``).
+
+    PyYAML is imported here only (Lightning installs it; the report does not require it). The file
+    is read with ``yaml.SafeLoader``, extended to read tags such as ``!!python/tuple`` (which
+    Lightning writes) as plain lists, mappings or strings: nothing is ever constructed from a tag.
+
+    Args:
+        path: the ``hparams.yaml`` file.
+        prefix: the monitor's prefix: the marker's keys are ``<prefix>schema/<field>``.
+
+    Returns:
+        ``(marker, note)``: the marker or ``None``, and a sentence when the file could not be read
+        (PyYAML missing, unreadable or malformed file), else ``None``.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "hparams.yaml")
+        >>> _ = open(path, "w").write("lplr/schema/key_semantics_version: 2\nlplr/schema/loss: mse\n")
+        >>> read_hparams_marker(path)
+        ({'key_semantics_version': 2, 'loss': 'mse'}, None)
+    """
+    try:
+        import yaml
+    except ImportError:
+        return None, f"{path}: not read (PyYAML is not installed), so a schema marker kept there is unknown."
+
+    class _SafeLoader(yaml.SafeLoader):
+        """``yaml.safe_load``'s loader that reads Python-specific tags as plain data, never objects.
+
+        Lightning writes e.g. ``!!python/tuple`` into ``hparams.yaml``, which ``safe_load`` refuses.
+        """
+
+    def _plain(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_mapping(node, deep=True)
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node, deep=True)
+        return loader.construct_scalar(node)
+
+    _SafeLoader.add_multi_constructor("", _plain)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            params = yaml.load(fh, Loader=_SafeLoader)  # a SafeLoader: never builds objects
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        return None, f"{path}: could not be read ({reason}), so a schema marker kept there is unknown."
+    return _marker_in_params(params, prefix), None
 
 
 def load_run(location: RunLocation, prefix: str = DEFAULT_PREFIX, *, allow_truncated: bool = False) -> Run:
@@ -459,35 +639,60 @@ def load_run(location: RunLocation, prefix: str = DEFAULT_PREFIX, *, allow_trunc
     event_pairs: dict[str, list[tuple[int, float]]] = {}
     other: set[str] = set()
     truncated: list[str] = []
+    markers: list[tuple[dict[str, Any], str]] = []
+    notes: list[str] = []
     for path in location.event_files:
-        pairs, tags, was_truncated = read_event_file(path, prefix, allow_truncated=allow_truncated)
-        for key, values in pairs.items():
+        scalars = _read_events(path, prefix, allow_truncated=allow_truncated)
+        for key, values in scalars.pairs.items():
             event_pairs.setdefault(key, []).extend(values)
-        other |= tags
-        if was_truncated:
+        other |= scalars.other
+        markers.extend((marker, "tensorboard") for marker in scalars.markers)
+        if scalars.truncated:
             truncated.append(str(path))
-    csv_pairs: dict[str, list[tuple[int, float]]] = {}
+    csv_columns: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for path in location.csv_files:
-        pairs, columns = read_metrics_csv(path, prefix)
-        for key, values in pairs.items():
-            csv_pairs.setdefault(key, []).extend(values)
-        other |= columns
-    merged = dict(csv_pairs)
-    merged.update(event_pairs)
-    series = {
-        key: Series.from_pairs(values) for key, values in sorted(merged.items()) if is_contract_key(key)
-    }
+        columns, names = _read_csv_columns(path, prefix)
+        for key, arrays in columns.items():
+            csv_columns.setdefault(key, []).append(arrays)
+        other |= names
+    merged = sorted({*csv_columns, *event_pairs})
+    series: dict[str, Series] = {}
+    for key in merged:
+        if not is_contract_key(key):
+            continue
+        if key in event_pairs:  # the event files win; the CSV fills in the keys they lack
+            series[key] = Series.from_pairs(event_pairs[key])
+        else:
+            parts = csv_columns[key]
+            steps = np.concatenate([s for s, _ in parts])
+            series[key] = Series.from_arrays(steps, np.concatenate([v for _, v in parts]))
     formats = tuple(
         name for name, files in (("tensorboard", location.event_files), ("csv", location.csv_files)) if files
     )
+    hparams = location.directory / HPARAMS_FILE_NAME
+    if not markers and hparams.is_file():
+        marker, note = read_hparams_marker(hparams, prefix)
+        if marker is not None:
+            markers.append((marker, HPARAMS_FILE_NAME))
+        if note:
+            notes.append(note)
+    distinct = {json.dumps(m, sort_keys=True, default=str) for m, _ in markers}
+    if len(distinct) > 1:
+        notes.append(
+            f"The run holds {len(distinct)} different schema markers (resumed with another configuration?); "
+            "the first one written is read."
+        )
     return Run(
         name=location.name,
         sources=tuple(str(f) for f in (*location.event_files, *location.csv_files)),
         formats=formats,
         series=series,
-        other_keys=tuple(sorted(k for k in merged if not is_contract_key(k))),
+        other_keys=tuple(k for k in merged if not is_contract_key(k)),
         other_tags=tuple(sorted(other)),
         truncated=tuple(truncated),
+        marker=markers[0][0] if markers else None,
+        marker_source=markers[0][1] if markers else None,
+        notes=tuple(notes),
     )
 
 

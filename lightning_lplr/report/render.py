@@ -1,7 +1,8 @@
 """Render the report document (:mod:`.summary`) as plain text or markdown.
 
 Both renderers work from the JSON document alone, so ``--json`` output saved
-earlier can be rendered again. Numbers are shown with four significant digits,
+earlier can be rendered again (a document of schema 1.0, without marker, verdict and
+flags, renders without those lines). Numbers are shown with four significant digits,
 contraction factors with six (``0.99931`` and ``0.9993`` differ by a factor two in
 half-life).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from lightning_lplr.report.regimes import REGIME_THRESHOLDS
 from lightning_lplr.report.summary import missing_notes
 
 __all__ = ["fmt", "fmt_rho", "render_markdown", "render_text"]
@@ -97,16 +99,108 @@ def _pl_line(run: dict[str, Any]) -> str | None:
         envelope.append(f"low quantile pl/envelope_q05 {fmt(pl['envelope_q05_final'])}")
     parts = []
     if envelope:
-        lows = [v for v in (pl["envelope_min_final"], pl["envelope_q05_final"]) if v is not None]
-        verdict = (
-            "positive, so a PL inequality held on the sampled steps"
-            if min(lows) > 0
-            else "not positive, so no PL inequality is certified"
-        )
-        parts.append("final " + " and ".join(envelope) + f" ({verdict})")
+        parts.append("final " + " and ".join(envelope))
     if pl["mu_ntk_min"] is not None:
         parts.append(f"NTK lower bound pl/mu_ntk {_between(pl['mu_ntk_min'], pl['mu_ntk_max'])}")
     return "PL lower envelope: " + "; ".join(parts) + "." if parts else None
+
+
+def _verdict_lines(run: dict[str, Any]) -> list[str]:
+    verdict = run.get("verdict")
+    if verdict is None:
+        return []
+    lines = [f"Verdict: {verdict['statement']}"]
+    mus = []
+    if verdict["mu_envelope_min"] is not None:
+        mus.append(f"μ = {fmt(verdict['mu_envelope_min'])} (envelope minimum)")
+    if verdict["mu_ntk_min"] is not None:
+        mus.append(f"μ_NTK = {fmt(verdict['mu_ntk_min'])} (smallest pl/mu_ntk)")
+    implied = []
+    if verdict["contraction_implied_envelope"] is not None:
+        implied.append(f"{fmt_rho(verdict['contraction_implied_envelope'])} from the envelope")
+    if verdict["contraction_implied_mu_ntk"] is not None:
+        implied.append(f"{fmt_rho(verdict['contraction_implied_mu_ntk'])} from μ_NTK")
+    measured = []
+    if verdict["contraction_measured"] is not None:
+        where = _steps(verdict["contraction_measured_start_step"], verdict["contraction_measured_end_step"])
+        measured.append(f"{fmt_rho(verdict['contraction_measured'])} (fit of pl/gap over {where})")
+    if verdict["contraction_logged_final"] is not None:
+        measured.append(f"last logged rate/contraction {fmt_rho(verdict['contraction_logged_final'])}")
+    if not (mus or measured):
+        return lines
+    text = "μ and the rate: " + (", ".join(mus) if mus else "no μ logged")
+    if implied:
+        text += "; implied contraction 1 − 2ημ(1 − ηβ/2) " + " and ".join(implied)
+    if measured:
+        text += "; measured " + ", ".join(measured)
+    lines.append(f"{text}. {verdict['contraction_note']}")
+    return lines
+
+
+def _lazy_line(run: dict[str, Any]) -> str | None:
+    lazy = run.get("lazy")
+    if lazy is None:
+        return None
+    parts = []
+    for name, key, entry in (
+        ("NTK drift", "ntk/drift_op", lazy["ntk_drift_op"]),
+        ("linearisation gap", "lin/gap_rel", lazy["lin_gap_rel"]),
+    ):
+        if entry["max"] is None:
+            continue
+        thresholds = REGIME_THRESHOLDS[key]
+        text = f"{name} {key} max {fmt(entry['max'])} at step {entry['max_step']}"
+        crossings = [
+            f"first ≥ {limit:g} at step {step}"
+            for limit, step in (
+                (thresholds.lazy_below, entry["first_step_transitional"]),
+                (thresholds.left_from, entry["first_step_left"]),
+            )
+            if step is not None
+        ]
+        if crossings:
+            text += ", " + ", ".join(crossings)
+        bounds = f"lazy below {thresholds.lazy_below:g}, left from {thresholds.left_from:g}"
+        parts.append(f"{text}: {entry['regime']} ({bounds})")
+    return "Lazy regime: " + "; ".join(parts) + "." if parts else None
+
+
+def _stability_line(run: dict[str, Any]) -> str | None:
+    stability = run.get("stability")
+    if stability is None or stability["eta_beta_max"] is None:
+        return None
+    text = (
+        f"Step size: η·β (ntk/eta_beta) max {fmt(stability['eta_beta_max'])} at step "
+        f"{stability['eta_beta_max_step']}"
+    )
+    if stability["threshold"] is None:
+        return f"{text}; indicative only ({stability['basis']})."
+    verdict = "below" if stability["first_step_unstable"] is None else "reached"
+    return f"{text}; {verdict} the stability threshold {fmt(stability['threshold'])} ({stability['basis']})."
+
+
+def _reading_lines(run: dict[str, Any]) -> list[str]:
+    lines = []
+    marker = run.get("marker")
+    if marker is not None:
+        lines.append(f"Reading: {marker['description']}.")
+    loss_star = run.get("loss_star")
+    if loss_star is not None and loss_star["strategy"] == "running_min" and loss_star["recomputed"]:
+        lines.append(
+            f"L*: post-hoc running minimum {fmt(loss_star['value'], 6)} (lowest loss − "
+            f"{fmt(loss_star['margin'])}·|lowest loss|; logged with L* {loss_star['logged']}); the gaps, "
+            "step PL ratios, envelope and rate fits below are recomputed with it."
+        )
+    return lines
+
+
+def _flag_lines(run: dict[str, Any]) -> list[str]:
+    flags = run.get("flags") or []
+    if not flags:
+        return []
+    return [f"Flags ({len(flags)}):"] + [
+        f"  - [{flag['severity']}] {flag['code']}: {flag['message']}" for flag in flags
+    ]
 
 
 def _ntk_line(run: dict[str, Any]) -> str | None:
@@ -186,10 +280,11 @@ def render_text(document: dict[str, Any]) -> str:
         for section, sentence in missing_notes(run):
             notes.setdefault(section, []).append(sentence)
         lines = [_header(run)]
+        lines.extend(f"  {line}" for line in _reading_lines(run))
         sections = (
             ("rate", _rate_lines(run)),
-            ("pl", [_pl_line(run)]),
-            ("ntk", [_ntk_line(run)]),
+            ("pl", [_pl_line(run), *_verdict_lines(run)]),
+            ("ntk", [_ntk_line(run), _lazy_line(run), _stability_line(run)]),
             ("param", [_param_line(run)]),
             ("region", [_region_line(run)]),
         )
@@ -198,11 +293,19 @@ def render_text(document: dict[str, Any]) -> str:
             missing = [f"  {line}" for line in notes.get(section, [])]
             # What cannot be said about the rate comes first; elsewhere what is known leads.
             lines.extend(missing + found if section == "rate" else found + missing)
+        lines.extend(f"  {line}" for line in _flag_lines(run))
+        lines.extend(f"  {note}" for note in _reader_notes(run))
         skipped = _skipped_line(run)
         if skipped:
             lines.append(f"  {skipped}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
+
+
+def _reader_notes(run: dict[str, Any]) -> list[str]:
+    """The notes that :func:`.summary.missing_notes` does not produce (reader and L* notes)."""
+    known = {sentence for _, sentence in missing_notes(run)}
+    return [note for note in run["notes"] if note not in known]
 
 
 def _cell(text: str) -> str:
@@ -243,6 +346,9 @@ def render_markdown(document: dict[str, Any]) -> str:
         )
         pred = "; ".join(fmt_rho(s["contraction_pred_mean"]) for s in spans) or "n/a"
         inside = "n/a" if region["inside_fraction"] is None else f"{100 * region['inside_fraction']:.1f}%"
+        verdict = run.get("verdict")
+        held = "n/a" if verdict is None else ("yes" if verdict["pl_inequality_held"] else "no")
+        flags = ", ".join(flag["code"] for flag in run.get("flags") or []) or "none"
         summary_rows.append(
             [
                 run["name"],
@@ -255,6 +361,8 @@ def render_markdown(document: dict[str, Any]) -> str:
                 fmt(run["param"]["drift_final"]),
                 inside,
                 fmt(region["mu_cert_min"]),
+                held,
+                flags,
             ]
         )
     lines += _table(
@@ -269,11 +377,23 @@ def render_markdown(document: dict[str, Any]) -> str:
             "param drift (final)",
             "inside region",
             "min μ_cert",
+            "PL held",
+            "flags",
         ],
         summary_rows,
     )
     for run in document["runs"]:
         lines += ["", f"## {run['name']}", ""]
+        reading = _reading_lines(run) + _verdict_lines(run)
+        for line in (_lazy_line(run), _stability_line(run)):
+            if line:
+                reading.append(line)
+        for line in reading:
+            lines += [line, ""]
+        flags = run.get("flags") or []
+        if flags:
+            lines += [f"- **{flag['severity']}** `{flag['code']}`: {flag['message']}" for flag in flags]
+            lines.append("")
         spans = run["linear_spans"]["spans"]
         if spans:
             rows = [

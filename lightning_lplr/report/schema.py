@@ -1,14 +1,15 @@
 """The JSON document of ``lightning-lplr report --json`` and its hand-written validator.
 
-Schema version :data:`SCHEMA_VERSION` (``"1.0"``; the minor number grows when fields
-are added, the major number when a field changes meaning or is removed). Strict
+Schema version :data:`SCHEMA_VERSION` (``"1.1"``; the minor number grows when fields
+are added, the major number when a field changes meaning or is removed; 1.1 added ``marker``,
+``loss_star``, ``verdict``, ``stability``, ``lazy``, ``flags`` and the format ``"history"``). Strict
 JSON: a number that is not finite (NaN, ±inf) is written as ``null``. Every object
 below has exactly the listed fields; ``number?`` means a number or ``null``.
 Steps are optimizer steps as logged; keys are contract keys without the prefix.
 
 Top level::
 
-    schema_version  str           "1.0"
+    schema_version  str           "1.1"
     tool            str           "lightning-lplr"
     tool_version    str           the package version
     prefix          str           the metric prefix read, e.g. "lplr/"
@@ -18,7 +19,7 @@ Run::
 
     name            str           path of the run relative to the path given
     sources         [str]         files read
-    formats         [str]         "tensorboard" and/or "csv"
+    formats         [str]         "tensorboard" and/or "csv"; "history" for report_from_history
     keys            [str]         contract keys found, sorted
     missing_keys    [str]         contract keys (DESIGN.md §4) not logged, sorted
     other_keys      [str]         names under the prefix that are not contract keys
@@ -35,6 +36,12 @@ Run::
     region          Region
     skipped         {key: number}  final value of each nonzero skipped/* counter
     notes           [str]          sentences on what is missing or could not be computed
+    marker          Marker         the run's schema marker: what the report is reading
+    loss_star       LossStar       the L* of the gaps summarised
+    verdict         Verdict        the PL claim, μ and the contractions (lightning_lplr.report.verdict)
+    stability       Stability      ntk/eta_beta against the optimizer's threshold
+    lazy            {lin_gap_rel, ntk_drift_op: LazyRegime}   against lightning_lplr.report.regimes
+    flags           [Flag]         machine-readable problems, each also in words
 
 SeriesStats (finite values only; ``final`` is the value at the last finite step)::
 
@@ -73,6 +80,55 @@ Region::
     first_outside_step int?, mu_cert_min number?, mu_cert_min_step int?,
     mu_cert_final number?
 
+Marker (``scalar?`` is a string, number, bool or null)::
+
+    found                  bool
+    source                 "tensorboard" | "hparams.yaml" | "monitor" | null
+    key_semantics_version  int           1 for a run without a marker
+    fields                 {str: scalar?}   the marker as written ({} without one)
+    description            str           "key semantics v2, full kernel, ..." or the v1 sentence
+
+LossStar::
+
+    strategy      "zero" | "value" | "fit" | "other" | "running_min"
+    source        "marker" | "assumed" (no marker: L* = 0) | "report" (post-hoc)
+    value         number?   the L* of the gaps (null when fitted online or unknown)
+    margin        number?   M of the post-hoc L* = min L − M·|min L|
+    logged        str       the L* the run was logged with ("zero", a number, "fit", "other")
+    recomputed    bool      gaps, step ratios, envelope and rate fits recomputed by the report
+    dropped_keys  [str]     keys left out because they cannot be recomputed
+    note          str?
+
+Verdict::
+
+    pl_inequality_held bool, gap_credible bool,
+    gap_basis "loss_star_value" | "loss_star_fit" | "loss_star_running_min" | "linear_regime" | null,
+    gap_reason str, statement str,
+    mu_envelope_min number?, mu_ntk_min number?, eta number?, beta number?,
+    contraction_implied_envelope number?, contraction_implied_mu_ntk number?,
+    contraction_measured number?, contraction_measured_start_step int?,
+    contraction_measured_end_step int?, contraction_logged_final number?, contraction_note str
+
+Stability::
+
+    eta_beta_max number?, eta_beta_max_step int?, first_step_unstable int?,
+    threshold number?, basis str
+
+LazyRegime::
+
+    max number?, max_step int?, final number?, first_step_transitional int?,
+    first_step_left int?, regime "lazy" | "transitional" | "left" | null
+
+Flag::
+
+    code      one of lightning_lplr.report.verdict.FLAG_CODES
+    severity  "warning" | "info"
+    key       str       the key it is about
+    step      int?      first step the condition held
+    value     number?   the extreme value
+    threshold number?   the threshold crossed
+    message   str       the same finding in words
+
 Example:
     >>> doc = {"schema_version": SCHEMA_VERSION, "tool": "lightning-lplr", "tool_version": "0",
     ...        "prefix": "lplr/", "runs": []}
@@ -90,9 +146,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lightning_lplr.report.verdict import FLAG_CODES, GAP_BASES
+
 __all__ = ["REPORT_SCHEMA", "SCHEMA_VERSION", "validate_report"]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 """Version of the ``--json`` document; see the module docstring for the fields."""
 
 
@@ -114,6 +172,7 @@ class _OneOf:
 _NUM = "number?"
 _INT = "int"
 _OPT_INT = "int?"
+_OPT_STR = "str?"
 
 _FIT = {
     "slope": _NUM,
@@ -144,10 +203,18 @@ _SPAN = {
     "contraction_pred_mean": _NUM,
     "contraction_logged_mean": _NUM,
 }
+_LAZY_REGIME = {
+    "max": _NUM,
+    "max_step": _OPT_INT,
+    "final": _NUM,
+    "first_step_transitional": _OPT_INT,
+    "first_step_left": _OPT_INT,
+    "regime": _OneOf(("lazy", "transitional", "left", None)),
+}
 _RUN = {
     "name": "str",
     "sources": _List("str"),
-    "formats": _List(_OneOf(("tensorboard", "csv"))),
+    "formats": _List(_OneOf(("tensorboard", "csv", "history"))),
     "keys": _List("str"),
     "missing_keys": _List("str"),
     "other_keys": _List("str"),
@@ -201,6 +268,60 @@ _RUN = {
     },
     "skipped": _Map("number"),
     "notes": _List("str"),
+    "marker": {
+        "found": "bool",
+        "source": _OneOf(("tensorboard", "hparams.yaml", "monitor", None)),
+        "key_semantics_version": _INT,
+        "fields": _Map("scalar?"),
+        "description": "str",
+    },
+    "loss_star": {
+        "strategy": _OneOf(("zero", "value", "fit", "other", "running_min")),
+        "source": _OneOf(("marker", "assumed", "report")),
+        "value": _NUM,
+        "margin": _NUM,
+        "logged": "str",
+        "recomputed": "bool",
+        "dropped_keys": _List("str"),
+        "note": _OPT_STR,
+    },
+    "verdict": {
+        "pl_inequality_held": "bool",
+        "gap_credible": "bool",
+        "gap_basis": _OneOf((*GAP_BASES, None)),
+        "gap_reason": "str",
+        "statement": "str",
+        "mu_envelope_min": _NUM,
+        "mu_ntk_min": _NUM,
+        "eta": _NUM,
+        "beta": _NUM,
+        "contraction_implied_envelope": _NUM,
+        "contraction_implied_mu_ntk": _NUM,
+        "contraction_measured": _NUM,
+        "contraction_measured_start_step": _OPT_INT,
+        "contraction_measured_end_step": _OPT_INT,
+        "contraction_logged_final": _NUM,
+        "contraction_note": "str",
+    },
+    "stability": {
+        "eta_beta_max": _NUM,
+        "eta_beta_max_step": _OPT_INT,
+        "first_step_unstable": _OPT_INT,
+        "threshold": _NUM,
+        "basis": "str",
+    },
+    "lazy": {"lin_gap_rel": _LAZY_REGIME, "ntk_drift_op": _LAZY_REGIME},
+    "flags": _List(
+        {
+            "code": _OneOf(tuple(FLAG_CODES)),
+            "severity": _OneOf(("warning", "info")),
+            "key": "str",
+            "step": _OPT_INT,
+            "value": _NUM,
+            "threshold": _NUM,
+            "message": "str",
+        }
+    ),
 }
 REPORT_SCHEMA: dict[str, Any] = {
     "schema_version": _OneOf((SCHEMA_VERSION,)),
@@ -222,6 +343,8 @@ def _is_number(value: Any) -> bool:
 
 _SCALARS = {
     "str": lambda v: isinstance(v, str),
+    "str?": lambda v: v is None or isinstance(v, str),
+    "scalar?": lambda v: v is None or isinstance(v, (str, bool)) or _is_number(v),
     "bool": lambda v: isinstance(v, bool),
     "int": _is_int,
     "int?": lambda v: v is None or _is_int(v),

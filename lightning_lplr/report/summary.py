@@ -15,6 +15,13 @@ selects the data:
   ``rate/regime`` still gets a verdict.
 * **Statistics** of a key use its finite values only; "final" is the value at the
   last step with a finite value.
+* **What is read, and L*.** The run's schema marker (``marker``), the ``L*`` its gaps were
+  logged with or the post-hoc running minimum (``loss_star``, :mod:`.posthoc`), the verdict
+  with ``μ`` and the contraction it implies, the stability of the step, the lazy regime and the
+  flags (:mod:`.verdict`, thresholds in :mod:`.regimes`).
+
+:func:`report_from_history` builds the same document from a monitor's in-memory history, so
+the end-of-fit summary of a callback says what ``lightning-lplr report`` says.
 
 Example:
     >>> find_linear_spans([0, 1, 2, 3, 4, 5], [1, 1, 0, 1, float("nan"), 1])
@@ -24,22 +31,39 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from lightning_lplr.functional.rate import LinearRateFit, classify_regime, fit_linear_rate
 from lightning_lplr.report._version import tool_version
+from lightning_lplr.report.posthoc import (
+    DEFAULT_MARGIN,
+    DEFAULT_RATE_WINDOW,
+    LOSS_STAR_CHOICES,
+    apply_running_min,
+    logged_loss_star,
+)
 from lightning_lplr.report.reader import Run, Series
 from lightning_lplr.report.schema import SCHEMA_VERSION
+from lightning_lplr.report.verdict import (
+    lazy_section,
+    marker_section,
+    negative_lambda_flags,
+    stability_section,
+    verdict_section,
+)
 from lightning_lplr.reporting.keys import ALL_KEYS, DEFAULT_PREFIX, REGIME_CODES
 
 __all__ = [
     "build_report",
+    "document_of",
     "find_linear_spans",
     "fit_to_dict",
     "missing_notes",
+    "report_from_history",
+    "resolve_loss_star",
     "series_stats",
     "summarize_run",
 ]
@@ -261,15 +285,66 @@ def missing_notes(run_doc: dict[str, Any]) -> list[tuple[str, str]]:
     return notes
 
 
-def summarize_run(run: Run) -> dict[str, Any]:
+def resolve_loss_star(
+    run: Run,
+    loss_star: str = "logged",
+    *,
+    margin: float = DEFAULT_MARGIN,
+    rate_window: int = DEFAULT_RATE_WINDOW,
+) -> tuple[Run, dict[str, Any]]:
+    """The run with the ``L*`` the report uses, and the ``loss_star`` object of its summary.
+
+    Args:
+        run: the run as read.
+        loss_star: ``"logged"`` (the ``L*`` the run was logged with) or ``"running_min"`` (the post-hoc
+            running minimum of :func:`lightning_lplr.report.posthoc.apply_running_min`).
+        margin: ``M`` of ``L* = min L − M·|min L|`` (``running_min`` only).
+        rate_window: trailing gaps per recomputed rate fit (``running_min`` only).
+
+    Returns:
+        ``(run, loss_star_object)``; the run is unchanged for ``"logged"``.
+
+    Raises:
+        ValueError: an unknown ``loss_star`` (the choices are listed), a bad ``margin`` or ``rate_window``.
+
+    Example:
+        >>> run = Run("r", (), ("csv",), {"pl/gap": Series.from_pairs((t, 0.5 + 0.9**t) for t in range(99))})
+        >>> _, info = resolve_loss_star(run, "running_min", margin=0.0)
+        >>> info["strategy"], round(info["value"], 4)
+        ('running_min', 0.5)
+    """
+    if loss_star == "logged":
+        info = logged_loss_star(run.marker)
+        logged = (
+            info["strategy"]
+            if info["value"] is None or info["strategy"] == "zero"
+            else f"{info['value']:.6g}"
+        )
+        return run, {
+            **info,
+            "margin": None,
+            "logged": logged,
+            "recomputed": False,
+            "dropped_keys": [],
+            "note": None,
+        }
+    if loss_star == "running_min":
+        return apply_running_min(run, run.marker, margin=margin, rate_window=rate_window)
+    raise ValueError(f"loss_star={loss_star!r} is not one of {list(LOSS_STAR_CHOICES)}.")
+
+
+def summarize_run(run: Run, loss_star: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON object of one run (schema ``Run`` in :mod:`lightning_lplr.report.schema`).
 
     Args:
-        run: the logged series of one run.
+        run: the logged series of one run (after :func:`resolve_loss_star` when ``L*`` was changed).
+        loss_star: its ``loss_star`` object (:func:`resolve_loss_star`); default: the logged ``L*``.
 
     Returns:
         A dict of plain Python values (JSON-ready; non-finite numbers as ``None``).
     """
+    if loss_star is None:
+        run, loss_star = resolve_loss_star(run)
     stats = {key: series_stats(series) for key, series in run.series.items()}
     steps = [int(s.steps[i]) for s in run.series.values() if len(s) for i in (0, -1)]
     doc: dict[str, Any] = {
@@ -314,25 +389,121 @@ def summarize_run(run: Run) -> dict[str, Any]:
         },
         "notes": [],
     }
-    doc["notes"] = [sentence for _, sentence in missing_notes(doc)]
+    lazy, lazy_flags = lazy_section(run)
+    stability, stability_flags = stability_section(run, run.marker)
+    doc.update(
+        marker=marker_section(run.marker, run.marker_source),
+        loss_star=dict(loss_star),
+        verdict=verdict_section(run, doc, run.marker, loss_star),
+        stability=stability,
+        lazy=lazy,
+        flags=stability_flags + negative_lambda_flags(run) + lazy_flags,
+    )
+    notes = [sentence for _, sentence in missing_notes(doc)]
+    notes.extend(run.notes)
+    if loss_star.get("note"):
+        notes.append(loss_star["note"])
+    doc["notes"] = notes
     return doc
 
 
-def build_report(runs: Sequence[Run], prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
-    """The whole ``--json`` document for ``runs`` (validated by :func:`.schema.validate_report`).
-
-    Example:
-        >>> gap = Series.from_pairs((t, 2 * 0.9**t) for t in range(10))
-        >>> doc = build_report([Run("demo", (), ("csv",), {"pl/gap": gap})])
-        >>> doc["schema_version"], doc["runs"][0]["overall"]["regime"]
-        ('1.0', 'linear')
-        >>> round(doc["runs"][0]["overall"]["fit"]["contraction"], 12)
-        0.9
-    """
+def document_of(
+    resolved: Sequence[tuple[Run, dict[str, Any]]], prefix: str = DEFAULT_PREFIX
+) -> dict[str, Any]:
+    """The ``--json`` document of runs already passed through :func:`resolve_loss_star`."""
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": "lightning-lplr",
         "tool_version": tool_version(),
         "prefix": prefix,
-        "runs": [summarize_run(run) for run in runs],
+        "runs": [summarize_run(run, info) for run, info in resolved],
     }
+
+
+def build_report(
+    runs: Sequence[Run],
+    prefix: str = DEFAULT_PREFIX,
+    *,
+    loss_star: str = "logged",
+    margin: float = DEFAULT_MARGIN,
+    rate_window: int = DEFAULT_RATE_WINDOW,
+) -> dict[str, Any]:
+    """The whole ``--json`` document for ``runs`` (validated by :func:`.schema.validate_report`).
+
+    Args:
+        runs: the runs, as read by :func:`lightning_lplr.report.reader.load_runs`.
+        prefix: the prefix their keys were read under.
+        loss_star: ``"logged"`` or ``"running_min"`` (see :func:`resolve_loss_star`).
+        margin: ``M`` of the post-hoc running minimum.
+        rate_window: trailing gaps per recomputed rate fit.
+
+    Returns:
+        The document (schema :mod:`lightning_lplr.report.schema`).
+
+    Example:
+        >>> gap = Series.from_pairs((t, 2 * 0.9**t) for t in range(10))
+        >>> doc = build_report([Run("demo", (), ("csv",), {"pl/gap": gap})])
+        >>> doc["schema_version"], doc["runs"][0]["overall"]["regime"]
+        ('1.1', 'linear')
+        >>> round(doc["runs"][0]["overall"]["fit"]["contraction"], 12)
+        0.9
+    """
+    resolved = [resolve_loss_star(run, loss_star, margin=margin, rate_window=rate_window) for run in runs]
+    return document_of(resolved, prefix)
+
+
+def report_from_history(
+    history: Mapping[str, Sequence[tuple[int, float]]],
+    marker: Mapping[str, Any] | None = None,
+    *,
+    name: str = "this run",
+    prefix: str = DEFAULT_PREFIX,
+    loss_star: str = "logged",
+    margin: float = DEFAULT_MARGIN,
+    rate_window: int = DEFAULT_RATE_WINDOW,
+) -> dict[str, Any]:
+    """The report document of a run held in memory, e.g. a monitor's ``history`` at the end of fit.
+
+    This is ``lightning-lplr report`` without the files: the same verdicts, flags and numbers,
+    rendered with :func:`lightning_lplr.report.render_text` or
+    :func:`~lightning_lplr.report.render_markdown`. Keys outside the contract of
+    :mod:`lightning_lplr.reporting.keys` (and the ``skipped/*`` counters) are left out.
+
+    Args:
+        history: key without prefix (``"pl/gap"``) → ``[(step, value), ...]`` in write order; a
+            repeated step keeps its last value.
+        marker: the run's schema marker (:func:`lightning_lplr.reporting.marker.make_marker`), or ``None``.
+        name: the run's name in the report.
+        prefix: the prefix the keys are logged under (reported in the document only).
+        loss_star: ``"logged"`` or ``"running_min"`` (see :func:`resolve_loss_star`).
+        margin: ``M`` of the post-hoc running minimum.
+        rate_window: trailing gaps per recomputed rate fit.
+
+    Returns:
+        The document (schema :mod:`lightning_lplr.report.schema`), with one run whose ``formats`` is
+        ``["history"]`` and whose marker source is ``"monitor"``.
+
+    Example:
+        >>> from lightning_lplr.reporting.marker import make_marker
+        >>> history = {"pl/gap": [(t, 0.9**t) for t in range(60)], "pl/envelope_min": [(59, 0.2)]}
+        >>> doc = report_from_history(history, make_marker(loss="mse_loss", loss_star="zero"))
+        >>> doc["runs"][0]["verdict"]["pl_inequality_held"], doc["runs"][0]["marker"]["source"]
+        (True, 'monitor')
+    """
+    from lightning_lplr.report.reader import is_contract_key
+
+    series = {
+        key: Series.from_pairs(pairs)
+        for key, pairs in sorted(history.items())
+        if is_contract_key(key) and pairs
+    }
+    run = Run(
+        name=name,
+        sources=(),
+        formats=("history",),
+        series=series,
+        other_keys=tuple(sorted(k for k in history if not is_contract_key(k))),
+        marker=dict(marker) if marker is not None else None,
+        marker_source="monitor" if marker is not None else None,
+    )
+    return build_report([run], prefix, loss_star=loss_star, margin=margin, rate_window=rate_window)
