@@ -1,7 +1,7 @@
 """DDP benchmark of the monitor's NTK: per-rank time of one NTK sample at world size 1 and 2 (issue 4).
 
 Part 1 — one NTK sample exactly as the callback takes it: ``NTKPart.sample`` (the sharded kernel
-of ``_kernel`` and ``gather_rows``, then its two eigendecompositions split over the ranks by
+of ``_kernel_block`` and ``_gathered``, then its two eigendecompositions split over the ranks by
 ``_spectra``, then the probe PL ratio and ``μ_NTK``), on plain ``torch.multiprocessing.spawn``
 workers joined in a gloo group. The callback reaches the collectives through an injected
 ``Collective``; here ``StrategyCollective`` wraps a small adapter with Lightning's
@@ -169,7 +169,8 @@ def _ntk_sample(config: str, rank: int, ctx: dict[str, Any]) -> dict[str, float]
         return {"idle_cpu_s": time.process_time() - cpu}
     part, module, collective = ctx["part"], ctx["module"], ctx["collectives"][world]
     record: dict[str, float] = {}
-    part._kernel = _timed(record, "kernel_s", ctx["kernel_fn"])
+    part._kernel_block = _timed(record, "kernel_s", ctx["block_fn"])
+    part._gathered = _timed(record, "kernel_s", ctx["gather_fn"])
     part._spectra = _timed(record, "spectra_s", ctx["spectra_fn"])
     torch.set_num_threads(threads)
     _spin_up_threads()
@@ -217,6 +218,7 @@ def _part_ntk(rank: int, cfg: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(4)
     moved = {f"net.{k}": v + 0.01 * v.std() * torch.randn_like(v) for k, v in params.items()}
     module = _Module(net)
+    part.bind(module)
     collectives = {1: LocalCollective(), 2: StrategyCollective(_Strategy(2), 2, rank)}
 
     def fn(p: dict[str, Tensor], inputs: Tensor) -> Tensor:
@@ -233,7 +235,8 @@ def _part_ntk(rank: int, cfg: dict[str, Any]) -> dict[str, Any]:
         "part": part,
         "module": module,
         "collectives": collectives,
-        "kernel_fn": part._kernel,
+        "block_fn": part._kernel_block,
+        "gather_fn": part._gathered,
         "spectra_fn": part._spectra,
     }
     records: dict[str, list[dict[str, float]]] = {c: [] for c in NTK_CONFIGS}

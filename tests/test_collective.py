@@ -40,10 +40,15 @@ def test_row_sharded_kernel_equals_the_one_process_kernel(m, world, kind):
     x = torch.randn(m, 4, dtype=torch.float64)
     reference = empirical_ntk(net, x, kind=kind, implementation="jacobian_contraction")
 
+    # Blocks are computed before the threads start: the NTK installs global forward hooks, which
+    # threads of one process would share (ranks are processes in a real run).
+    blocks = [
+        empirical_ntk(net, x[rows], x, kind=kind, implementation="jacobian_contraction")
+        for rows, _ in shards(m, world)
+    ]
+
     def rank_fn(c):
-        rows, _ = shards(m, c.world_size)[c.rank]
-        block = empirical_ntk(net, x[rows], x, kind=kind, implementation="jacobian_contraction")
-        return gather_rows(c, block, m)
+        return gather_rows(c, blocks[c.rank], m)
 
     for kernel in InMemoryGroup(world).run(rank_fn):
         assert torch.allclose(kernel, reference, rtol=1e-12, atol=1e-12)

@@ -54,6 +54,8 @@ def test_mlp_fast_report_mentions_every_section(tmp_path):
 def test_cifar_fast_report_has_ntk_and_probe_pl(tmp_path):
     result = cifar_resnet.main(["--fast", "--no-progress-bar", "--log-dir", str(tmp_path)])
     (run,) = result.report["runs"]
+    # The fast run uses the "cheap" preset: a pseudo kernel, reported under its own keys.
+    assert run["ntk"]["kind"] == "pseudo"
     assert run["ntk"]["lambda_min_min"] is not None and run["ntk"]["lambda_max_max"] > 0
     assert run["pl"]["ratio_probe_min"] is not None
     # Momentum SGD: the gradient-descent prediction is not logged, and the report says so.

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import lightning.pytorch as pl
@@ -34,6 +35,7 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from lightning_lplr.functional.rate import predicted_contraction
+from lightning_lplr.reporting.marker import make_marker
 
 __all__ = [
     "LOSS_MATCH_RTOL",
@@ -42,6 +44,7 @@ __all__ = [
     "contraction_reason",
     "loss_pred_reason",
     "optimizer_info",
+    "run_marker",
 ]
 
 LOSS_MATCH_RTOL = 1e-4
@@ -266,3 +269,48 @@ _LOSS_PRED_WORDS = {
     "no_loss_fn": "no loss_fn is given",
     "no_full_kernel": "the kernel is not the full one",
 }
+
+
+def run_marker(
+    *,
+    monitor: str,
+    prefix: str,
+    kernel_kind: str | None,
+    norm_mode: str | None,
+    loss_fn: Any,
+    loss_star: Any,
+    optimizers: list[torch.optim.Optimizer],
+    conditions: RunConditions,
+    world_size: int,
+) -> dict[str, Any]:
+    """The run's schema marker: what its keys assume (see :mod:`lightning_lplr.reporting.marker`)."""
+    info = optimizer_info(optimizers[0]) if optimizers else None
+    plain = (
+        info is not None
+        and len(optimizers) == 1
+        and info["sgd"]
+        and info["momentum"] == 0
+        and not (info["nesterov"] or info["weight_decay"] or info["several_lrs"])
+    )
+    return make_marker(
+        package_version=_package_version(),
+        monitor=monitor,
+        prefix=prefix,
+        kernel_kind=kernel_kind,
+        norm_mode=norm_mode,
+        loss=None if loss_fn is None else getattr(loss_fn, "__name__", type(loss_fn).__name__),
+        loss_star=loss_star,
+        optimizer=None if info is None else info["name"],
+        momentum=None if info is None else info["momentum"],
+        plain_sgd=bool(plain),
+        probe_is_training_set=conditions.probe_is_training_set,
+        full_batch=conditions.full_batch,
+        world_size=world_size,
+    )
+
+
+def _package_version() -> str:
+    try:
+        return version("lightning-lplr")
+    except PackageNotFoundError:  # pragma: no cover - a source tree without install
+        return "unknown"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import lightning.pytorch as pl
@@ -28,7 +27,13 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_lplr.callbacks._collective import Collective, LocalCollective, StrategyCollective
-from lightning_lplr.callbacks._conditions import Predictor, RunConditions, loss_pred_reason, optimizer_info
+from lightning_lplr.callbacks._conditions import (
+    Predictor,
+    RunConditions,
+    loss_pred_reason,
+    optimizer_info,
+    run_marker,
+)
 from lightning_lplr.callbacks._config import StepConfig
 from lightning_lplr.callbacks._journal import Journal
 from lightning_lplr.callbacks._ntk_part import NTKPart
@@ -41,11 +46,10 @@ from lightning_lplr.callbacks._step_buffer import (
     stack_float64,
 )
 from lightning_lplr.callbacks._step_parts import GapSeries, PLPart, RatePart
-from lightning_lplr.callbacks._summary import summary_markdown
+from lightning_lplr.report import render_markdown, render_text, report_from_history
 from lightning_lplr.reporting import tensorboard as tb
 from lightning_lplr.reporting.fanout import update_callback_metrics, write_marker
 from lightning_lplr.reporting.keys import ALL_KEYS, SKIP_KEYS
-from lightning_lplr.reporting.marker import make_marker
 
 __all__ = ["Monitor"]
 
@@ -90,6 +94,7 @@ class Monitor(Callback):
         self._conditions = RunConditions()
         self._loss_pred_reason: str | None = "the run has not started"
         self._predict: Predictor | None = None
+        self._marker: dict[str, Any] | None = None
         self._parts = tuple(
             name
             for name, part in (
@@ -226,34 +231,18 @@ class Monitor(Callback):
                 full_kernel=full_kernel,
                 latest=lambda: (quantities.mu_ntk, quantities.beta, quantities.probe_loss),
             )
-        write_marker(trainer, self.prefix, self._marker(trainer))
-
-    def _marker(self, trainer: pl.Trainer) -> dict[str, Any]:
-        """What this run's keys assume (the report reads it back)."""
-        ntk, conditions = self._ntk, self._conditions
-        config = None if ntk is None else ntk.config
-        info = optimizer_info(trainer.optimizers[0]) if trainer.optimizers else None
-        loss_fn = None if config is None else config.loss_fn
-        loss_star = None if self._gaps is None else self._gaps.loss_star
-        return make_marker(
-            package_version=_package_version(),
+        self._marker = run_marker(
             monitor=type(self).__name__,
             prefix=self.prefix,
-            kernel_kind=None if ntk is None or not ntk.with_kernel else config.kind,  # type: ignore[union-attr]
-            norm_mode=None if config is None else config.norm_mode,
-            loss=None if loss_fn is None else getattr(loss_fn, "__name__", type(loss_fn).__name__),
-            loss_star=loss_star,
-            optimizer=None if info is None else info["name"],
-            momentum=None if info is None else info["momentum"],
-            plain_sgd=info is not None
-            and info["sgd"]
-            and info["momentum"] == 0
-            and not (info["nesterov"] or info["weight_decay"] or info["several_lrs"])
-            and len(trainer.optimizers) == 1,
-            probe_is_training_set=conditions.probe_is_training_set,
-            full_batch=conditions.full_batch,
+            kernel_kind=ntk.config.kind if ntk is not None and ntk.with_kernel else None,
+            norm_mode=None if ntk is None else ntk.config.norm_mode,
+            loss_fn=None if ntk is None else ntk.config.loss_fn,
+            loss_star=None if self._gaps is None else self._gaps.loss_star,
+            optimizers=list(trainer.optimizers),
+            conditions=self._conditions,
             world_size=trainer.world_size,
         )
+        write_marker(trainer, self.prefix, self._marker)
 
     @override
     def on_train_batch_start(
@@ -355,9 +344,17 @@ class Monitor(Callback):
                 trainer.loggers, self.prefix + "summary", self.summary_markdown(), trainer.global_step
             )
 
+    def report(self) -> dict[str, Any]:
+        """The report document of the run so far: what ``lightning-lplr report`` says of the logged run."""
+        return report_from_history(self.history, self._marker, name=type(self).__name__, prefix=self.prefix)
+
     def summary_markdown(self) -> str:
-        """A short markdown report of the run so far (written to TensorBoard at the end of fit)."""
-        return summary_markdown(self.summary(), self._journal.skips)
+        """The report as markdown (written to TensorBoard at the end of fit)."""
+        return render_markdown(self.report())
+
+    def summary_text(self) -> str:
+        """The report as plain text: verdicts that never claim more than the logged values show."""
+        return render_text(self.report())
 
     # ------------------------------------------------------------------ flush
     def _flush(self, trainer: pl.Trainer) -> None:
@@ -416,13 +413,6 @@ class Monitor(Callback):
             for t, metrics in self._rate.metrics(history, steps, predict).items():
                 out[t].update(metrics)
         return out
-
-
-def _package_version() -> str:
-    try:
-        return version("lightning-lplr")
-    except PackageNotFoundError:  # pragma: no cover - a source tree without install
-        return "unknown"
 
 
 def _current_lr(trainer: pl.Trainer) -> float:

@@ -20,18 +20,18 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader
+from torch import Tensor, nn
 
+from lightning_lplr.callbacks._checkpoint import moved, plain, unplain
 from lightning_lplr.callbacks._collective import Collective, any_failed, gather_rows, shards, split_spectra
 from lightning_lplr.callbacks._config import NTKConfig
 from lightning_lplr.callbacks._isolation import compute_context, float32_state, preserved
 from lightning_lplr.callbacks._journal import Journal
-from lightning_lplr.callbacks._model_call import ModelCall, cache_off, conventional_inputs
+from lightning_lplr.callbacks._model_call import ModelCall, cache_off
 from lightning_lplr.callbacks._probe_quantities import ProbeQuantities, parameter_gradient
 from lightning_lplr.callbacks._step_parts import GapSeries
-from lightning_lplr.callbacks.probe import Probe, select_probe
-from lightning_lplr.functional.normalization import NormStatistics, probe_statistics, with_norm_mode
+from lightning_lplr.callbacks.probe import Probe, training_probe
+from lightning_lplr.functional.normalization import probe_statistics, with_norm_mode
 from lightning_lplr.functional.ntk import empirical_ntk, trainable_params
 from lightning_lplr.functional.objective import output_gradient
 from lightning_lplr.functional.region import parameter_distance, region_estimate, relative_drift
@@ -105,14 +105,11 @@ class NTKPart:
     ) -> None:
         """Choose the probe (rank zero's choice on every rank), keep ``θ_0``, check the model runs on it."""
         device = pl_module.device
-        params = trainable_params(pl_module)
-        self._half = any(p.dtype in _HALF for p in params.values())
-        buffers = dict(pl_module.named_buffers())
-        self._call = ModelCall(
-            pl_module, self.config.output_fn, float32_state(buffers) if self._half else None
-        )
+        params = self.bind(pl_module)
         if self.probe is None:
-            self.probe = collective.broadcast(self._select_probe(trainer, pl_module), src=0)
+            self.probe = collective.broadcast(
+                training_probe(self.config, trainer, pl_module, self.journal), src=0
+            )
         self.probe = self.probe.to(device, float32=self._half)
         self._check_model(pl_module)
         if self.theta0 is None:
@@ -120,38 +117,19 @@ class NTKPart:
             self.state0 = self._reference_state(pl_module)
         else:
             self.theta0 = {k: v.to(device) for k, v in self.theta0.items()}
-            self.state0 = _moved(self.state0, device)
+            self.state0 = moved(self.state0, device)
         if self.kernel0 is not None:
             self.kernel0 = self.kernel0.to(device)
 
-    def _select_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Probe:
-        config = self.config
-        source = config.probe
-        if source is None:
-            source = trainer.train_dataloader
-            if isinstance(source, (list, tuple)) and source and isinstance(source[0], DataLoader):
-                source = source[0]
-            if source is None:
-                raise ValueError(
-                    f"{self.journal.owner} found no training dataloader to draw the probe from; pass probe=."
-                )
-        input_fn = config.input_fn or (lambda batch: conventional_inputs(batch, pl_module))
-        probe = select_probe(
-            source,
-            config.probe_size,
-            seed=config.probe_seed,
-            input_fn=input_fn,
-            target_fn=config.target_fn,
-            clip=not config.probe_size_explicit,
-            streaming_ok=config.probe is not None,
+    def bind(self, pl_module: nn.Module) -> dict[str, Tensor]:
+        """Call ``pl_module`` from now on (float32 copies of buffers under half precision); its parameters."""
+        params = trainable_params(pl_module)
+        self._half = any(p.dtype in _HALF for p in params.values())
+        buffers = dict(pl_module.named_buffers())
+        self._call = ModelCall(
+            pl_module, self.config.output_fn, float32_state(buffers) if self._half else None
         )
-        if probe.size < config.probe_size:
-            self.journal.warn_once(
-                "probe_clipped",
-                f"{self.journal.owner}: the training set has {probe.size} samples, fewer than the default "
-                f"probe_size={config.probe_size}; the probe is the whole training set.",
-            )
-        return probe
+        return params
 
     def _reference_state(self, pl_module: pl.LightningModule) -> dict[str, Any]:
         """What the linearisation at ``θ_0`` needs besides ``θ_0``: buffers (eval) or probe statistics."""
@@ -201,78 +179,109 @@ class NTKPart:
         """
         self.last_step = step
         started = time.perf_counter()
-        self.eigenvalues = None
+        self.eigenvalues = self._kernel_eigs = None
         config = self.config
         assert self.probe is not None and self._call is not None
         with preserved(pl_module), compute_context(pl_module), cache_off(pl_module):
             pl_module.eval()
             params = self._params(pl_module)
             x, y = self.probe.x, self.probe.y
-            statistics = None
-            if config.norm_mode == "probe":
-                statistics = probe_statistics(self._call, x, params=params)
-            fn = with_norm_mode(self._call, config.norm_mode, statistics)
-            kernel = (
-                self._kernel(params, collective, statistics, pl_module.device) if self.with_kernel else None
-            )
-            if self.with_kernel and kernel is None:
-                return {"skipped/ntk_error": float(self.journal.skips["ntk_error"])}
-            with torch.no_grad():
-                outputs = fn(params, x)
+            # Everything a rank computes on its own first; then all ranks agree on failures
+            # before any collective, so a fault on one rank never leaves the others waiting.
+            error: BaseException | None = None
+            statistics = block = outputs = loss = g = None
+            try:
+                if config.norm_mode == "probe":
+                    statistics = probe_statistics(self._call, x, params=params)
+                fn = with_norm_mode(self._call, config.norm_mode, statistics)
+                block = self._kernel_block(params, collective, statistics) if self.with_kernel else None
+                with torch.no_grad():
+                    outputs = fn(params, x)
+                if config.loss_fn is not None and y is not None:
+                    loss, g = output_gradient(config.loss_fn, outputs, y)
+            except Exception as err:  # the user's run must go on, whatever the sample hit (OOM included)
+                error = err
+            if any_failed(collective, error is not None, pl_module.device):
+                error = error or RuntimeError("the NTK sample failed on another rank")
+                return self.journal.skip(
+                    "ntk_error", f"the NTK sample raised {type(error).__name__}: {error}"
+                )
+            assert outputs is not None
+            kernel = None if block is None else self._gathered(block, collective)
             metrics: dict[str, float] = {}
-            full = kernel is not None and config.kind == "full"
             if kernel is not None:
                 metrics.update(self._kernel_metrics(kernel, params, collective))
-            loss_fn = config.loss_fn
-            if loss_fn is not None and y is None:
+            full = kernel is not None and config.kind == "full" and self._kernel_eigs is not None
+            if config.loss_fn is not None and y is None:
                 self.journal.warn_once(
                     "no_targets", "loss_fn is set but the probe has no targets; pass target_fn=."
                 )
-            elif loss_fn is not None:
-                loss, g = output_gradient(loss_fn, outputs, y)
-                self.probe_losses.append((step, loss))
+            elif loss is not None and g is not None:
+                full_kernel = kernel if full else None
                 metrics.update(
-                    self.quantities.pl_metrics(
-                        step=step,
-                        loss=loss,
-                        g=g,
-                        loss_star=self.gaps.star(self.probe_losses),
-                        kernel=kernel if full else None,
-                        eigenvalues=self._kernel_eigs if full else None,
-                        grad_norm_sq=parameter_gradient(fn, params, x, y, loss_fn),
-                    )
-                )
-                if full:
-                    assert kernel is not None
-                    metrics.update(self.quantities.curvature(kernel, outputs, y, loss_fn, lr))
-                    metrics.update(
-                        self.quantities.predicted_loss(
-                            step=step,
-                            reason=loss_pred,
-                            kernel=kernel,
-                            outputs=outputs,
-                            targets=y,
-                            loss_fn=loss_fn,
-                            loss=loss,
+                    self._guarded(
+                        lambda: self._loss_metrics(
+                            step, lr, loss_pred, full_kernel, fn, params, outputs, loss, g
                         )
                     )
+                )
             if self.with_kernel:
-                metrics.update(self._linearization(params, outputs))
+                metrics.update(self._guarded(lambda: self._linearization(params, outputs)))
         metrics["cost/ntk_seconds"] = time.perf_counter() - started
         return metrics
 
-    def _kernel(
-        self, params: dict[str, Tensor], collective: Collective, statistics: Any, device: torch.device
-    ) -> Tensor | None:
-        """The probe kernel on every rank, or ``None`` when any rank failed (all ranks skip together)."""
+    def _guarded(self, compute: Any) -> dict[str, float]:
+        """``compute()``'s metrics, or a counted skip if it raises (it holds no collective)."""
+        try:
+            return compute()
+        except Exception as err:
+            return self.journal.skip(
+                "ntk_error", f"a quantity of the NTK sample raised {type(err).__name__}: {err}"
+            )
+
+    def _loss_metrics(
+        self,
+        step: int,
+        lr: float,
+        loss_pred: str | None,
+        kernel: Tensor | None,
+        fn: Any,
+        params: dict[str, Tensor],
+        outputs: Tensor,
+        loss: float,
+        g: Tensor,
+    ) -> dict[str, float]:
+        """Probe PL ratio and ``μ_NTK``; with the full kernel ``β``, ``η·β`` and the kernel-predicted loss."""
+        assert self.probe is not None and self.config.loss_fn is not None
+        x, y, loss_fn = self.probe.x, self.probe.y, self.config.loss_fn
+        self.probe_losses.append((step, loss))
+        metrics = self.quantities.pl_metrics(
+            step=step,
+            loss=loss,
+            g=g,
+            loss_star=self.gaps.star(self.probe_losses),
+            kernel=kernel,
+            eigenvalues=self._kernel_eigs if kernel is not None else None,
+            grad_norm_sq=parameter_gradient(fn, params, x, y, loss_fn),
+        )
+        if kernel is not None:
+            metrics.update(self.quantities.curvature(kernel, outputs, y, loss_fn, lr))
+            prediction = self.quantities.predicted_loss(
+                step=step,
+                reason=loss_pred,
+                kernel=kernel,
+                outputs=outputs,
+                targets=y,
+                loss_fn=loss_fn,
+                loss=loss,
+            )
+            metrics.update(prediction)
+        return metrics
+
+    def _kernel_block(self, params: dict[str, Tensor], collective: Collective, statistics: Any) -> Tensor:
+        """This rank's rows of the probe kernel against the whole probe (all of it in one process)."""
         assert self.probe is not None and self._call is not None
         config = self.config
-        x = self.probe.x
-        world = collective.world_size
-        whole = world == 1 or config.norm_mode == "train"  # a batch Jacobian is not sharded
-        rows, _ = shards(self.probe.size, world)[collective.rank]
-        error: BaseException | None = None
-        block: Tensor | None = None
         kwargs: dict[str, Any] = {
             "params": params,
             "kind": config.kind,
@@ -281,23 +290,22 @@ class NTKPart:
             "max_memory_bytes": config.max_memory_bytes,
             "norm_mode": config.norm_mode,
         }
-        try:
-            if whole:
-                block = empirical_ntk(self._call, x, **kwargs)
-            else:
-                if statistics is not None:
-                    kwargs["norm_statistics"] = statistics
-                block = empirical_ntk(self._call, self.probe.rows(rows), x, **kwargs)
-        except Exception as err:  # the user's run must go on, whatever the NTK hit (OOM included)
-            error = err
-        if any_failed(collective, error is not None, device):
-            error = error or RuntimeError("the NTK computation failed on another rank")
-            self.journal.skip("ntk_error", f"the NTK computation raised {type(error).__name__}: {error}")
-            return None
-        assert block is not None
-        if whole:
+        if self._whole(collective):
+            return empirical_ntk(self._call, self.probe.x, **kwargs)
+        rows, _ = shards(self.probe.size, collective.world_size)[collective.rank]
+        if statistics is not None:
+            kwargs["norm_statistics"] = statistics
+        return empirical_ntk(self._call, self.probe.rows(rows), self.probe.x, **kwargs)
+
+    def _whole(self, collective: Collective) -> bool:
+        """One process, or ``norm_mode='train'`` (a batch Jacobian, not sharded): each rank computes all."""
+        return collective.world_size == 1 or self.config.norm_mode == "train"
+
+    def _gathered(self, block: Tensor, collective: Collective) -> Tensor:
+        """The whole kernel in float64 on every rank (rows gathered in their own dtype, then widened)."""
+        assert self.probe is not None
+        if self._whole(collective):
             return block.to(torch.float64)
-        # Gather in the kernel's own dtype (float32 moves half the bytes), then widen.
         return gather_rows(collective, block, self.probe.size).to(torch.float64)
 
     def _spectra(self, collective: Collective, kernel: Tensor) -> tuple[Tensor, float]:
@@ -310,7 +318,6 @@ class NTKPart:
         """Spectrum and drift under the kind's prefix; parameter drift; the region estimate (full kernel)."""
         assert self.probe is not None and self.theta0 is not None
         m = self.probe.size
-        self._kernel_eigs = None
         if not bool(torch.isfinite(kernel).all()):  # the same kernel on every rank: all skip together
             return self.journal.skip("ntk_error", "the NTK has non-finite entries")
         eigs, distance = self._spectra(collective, kernel)
@@ -362,10 +369,10 @@ class NTKPart:
     def state_dict(self) -> dict[str, Any]:
         probe = self.probe
         return {
-            "probe_x": None if probe is None else _moved(probe.x, "cpu"),
-            "probe_y": None if probe is None or probe.y is None else _moved(probe.y, "cpu"),
+            "probe_x": None if probe is None else moved(probe.x, "cpu"),
+            "probe_y": None if probe is None or probe.y is None else moved(probe.y, "cpu"),
             "theta0": None if self.theta0 is None else {k: v.cpu() for k, v in self.theta0.items()},
-            "state0": _plain(_moved(self.state0, "cpu")),
+            "state0": plain(moved(self.state0, "cpu")),
             "kernel0": None if self.kernel0 is None else self.kernel0.cpu(),
             "lambda_min0": self.lambda_min0,
             "lambda_max0": self.lambda_max0,
@@ -379,7 +386,7 @@ class NTKPart:
         x = state.get("probe_x")
         self.probe = None if x is None else Probe(x, state.get("probe_y"))
         self.theta0 = state.get("theta0")
-        self.state0 = _unplain(state.get("state0") or {})
+        self.state0 = unplain(state.get("state0") or {})
         self.kernel0 = state.get("kernel0")
         self.lambda_min0 = state.get("lambda_min0", math.nan)
         self.lambda_max0 = state.get("lambda_max0", math.nan)
@@ -387,31 +394,3 @@ class NTKPart:
         self.probe_losses = deque(state.get("probe_losses", []), maxlen=self.gaps.window.maxlen)
         self.last_step = state.get("last_ntk_step", -1)
         self.quantities.load_state_dict(state.get("quantities", state))
-
-
-def _moved(value: Any, device: torch.device | str) -> Any:
-    """``value`` (tensors, dicts, tuples, normalisation statistics) with every tensor on ``device``."""
-    if isinstance(value, (Tensor, NormStatistics)):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _moved(v, device) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_moved(v, device) for v in value)
-    return value
-
-
-def _plain(state0: dict[str, Any]) -> dict[str, Any]:
-    """``state0`` with its statistics as plain lists (checkpoints load with ``weights_only=True``)."""
-    stats = state0.get("statistics")
-    if not isinstance(stats, NormStatistics):
-        return state0
-    plain = {"means": list(stats.means), "variances": list(stats.variances), "num_samples": stats.num_samples}
-    return {**state0, "statistics": plain}
-
-
-def _unplain(state0: dict[str, Any]) -> dict[str, Any]:
-    stats = state0.get("statistics")
-    if not isinstance(stats, dict):
-        return state0
-    restored = NormStatistics(tuple(stats["means"]), tuple(stats["variances"]), int(stats["num_samples"]))
-    return {**state0, "statistics": restored}

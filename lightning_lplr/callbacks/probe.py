@@ -25,9 +25,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from lightning_lplr.callbacks._isolation import rng_preserved
-from lightning_lplr.callbacks._model_call import LABEL_KEYS, conventional_targets, tree_map, tree_size
+from lightning_lplr.callbacks._model_call import (
+    LABEL_KEYS,
+    conventional_inputs,
+    conventional_targets,
+    tree_map,
+    tree_size,
+)
 
-__all__ = ["Probe", "default_input_fn", "default_target_fn", "select_probe"]
+__all__ = ["Probe", "default_input_fn", "default_target_fn", "select_probe", "training_probe"]
 
 
 def default_input_fn(batch: Any) -> Any:
@@ -238,3 +244,37 @@ def _indices(n: int, size: int, seed: int | None) -> Tensor:
         return torch.arange(size)
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=generator)[:size].sort().values
+
+
+def training_probe(config: Any, trainer: Any, module: Any, journal: Any) -> Probe:
+    """The monitor's probe: from ``config.probe``, else the training dataloader (see :func:`select_probe`).
+
+    A default ``probe_size`` larger than the training set is clipped to it (said once); an explicit
+    one is an error. Drawing from a streaming training set is refused (``probe=`` is needed).
+    """
+    source = config.probe
+    if source is None:
+        source = trainer.train_dataloader
+        if isinstance(source, (list, tuple)) and source and isinstance(source[0], DataLoader):
+            source = source[0]
+        if source is None:
+            raise ValueError(
+                f"{journal.owner} found no training dataloader to draw the probe from; pass probe=."
+            )
+    input_fn = config.input_fn or (lambda batch: conventional_inputs(batch, module))
+    probe = select_probe(
+        source,
+        config.probe_size,
+        seed=config.probe_seed,
+        input_fn=input_fn,
+        target_fn=config.target_fn,
+        clip=not config.probe_size_explicit,
+        streaming_ok=config.probe is not None,
+    )
+    if probe.size < config.probe_size:
+        journal.warn_once(
+            "probe_clipped",
+            f"{journal.owner}: the training set has {probe.size} samples, fewer than the default "
+            f"probe_size={config.probe_size}; the probe is the whole training set.",
+        )
+    return probe

@@ -205,10 +205,13 @@ def _flag_lines(run: dict[str, Any]) -> list[str]:
 
 def _ntk_line(run: dict[str, Any]) -> str | None:
     ntk = run["ntk"]
+    head = {"trace": "ntk_trace/", "pseudo": "ntk_pseudo/", "loss_gram": "ntk_loss_gram/"}.get(
+        ntk.get("kind") or "full", "ntk/"
+    )
     parts = []
     if ntk["lambda_min_min"] is not None:
         parts.append(
-            f"smallest eigenvalue ntk/lambda_min {_between(ntk['lambda_min_min'], ntk['lambda_min_max'])} "
+            f"smallest eigenvalue {head}lambda_min {_between(ntk['lambda_min_min'], ntk['lambda_min_max'])} "
             f"(initial {fmt(ntk['lambda_min_initial'])}, "
             f"final {fmt(ntk['lambda_min_final'])})"
         )
@@ -218,9 +221,11 @@ def _ntk_line(run: dict[str, Any]) -> str | None:
         )
     if ntk["drift_op_final"] is not None:
         parts.append(
-            f"relative drift ntk/drift_op final {fmt(ntk['drift_op_final'])} (max {fmt(ntk['drift_op_max'])})"
+            f"relative drift {head}drift_op final {fmt(ntk['drift_op_final'])} "
+            f"(max {fmt(ntk['drift_op_max'])})"
         )
-    return "NTK: " + "; ".join(parts) + "." if parts else None
+    kind = "" if ntk.get("kind") in (None, "full") else f" ({ntk['kind']} kernel)"
+    return f"NTK{kind}: " + "; ".join(parts) + "." if parts else None
 
 
 def _param_line(run: dict[str, Any]) -> str | None:

@@ -243,19 +243,22 @@ _RUN = {
         ),
         _NUM,
     ),
-    "ntk": dict.fromkeys(
-        (
-            "lambda_min_initial",
-            "lambda_min_final",
-            "lambda_min_min",
-            "lambda_min_max",
-            "lambda_max_min",
-            "lambda_max_max",
-            "drift_op_final",
-            "drift_op_max",
+    "ntk": {
+        "kind": _OneOf(("full", "trace", "pseudo", "loss_gram", None)),
+        **dict.fromkeys(
+            (
+                "lambda_min_initial",
+                "lambda_min_final",
+                "lambda_min_min",
+                "lambda_min_max",
+                "lambda_max_min",
+                "lambda_max_max",
+                "drift_op_final",
+                "drift_op_max",
+            ),
+            _NUM,
         ),
-        _NUM,
-    ),
+    },
     "param": {"drift_final": _NUM, "drift_max": _NUM},
     "region": {
         "num_samples": _INT,

@@ -54,7 +54,7 @@ from lightning_lplr.report.verdict import (
     stability_section,
     verdict_section,
 )
-from lightning_lplr.reporting.keys import ALL_KEYS, DEFAULT_PREFIX, REGIME_CODES
+from lightning_lplr.reporting.keys import ALL_KEYS, DEFAULT_PREFIX, KIND_PREFIXES, REGIME_CODES
 
 __all__ = [
     "build_report",
@@ -333,6 +333,26 @@ def resolve_loss_star(
     raise ValueError(f"loss_star={loss_star!r} is not one of {list(LOSS_STAR_CHOICES)}.")
 
 
+def _ntk_section(run: Run, stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Spectrum and drift of the kernel the run sampled: the full one (``ntk/*``), else its kind's."""
+    kind = next(
+        (k for k, head in KIND_PREFIXES.items() if head + "lambda_min" in run.series),
+        None,
+    )
+    head = KIND_PREFIXES.get(kind or "full", "ntk/")
+    return {
+        "kind": kind,
+        "lambda_min_initial": _stat(stats, head + "lambda_min", "initial"),
+        "lambda_min_final": _stat(stats, head + "lambda_min", "final"),
+        "lambda_min_min": _stat(stats, head + "lambda_min", "min"),
+        "lambda_min_max": _stat(stats, head + "lambda_min", "max"),
+        "lambda_max_min": _stat(stats, head + "lambda_max", "min"),
+        "lambda_max_max": _stat(stats, head + "lambda_max", "max"),
+        "drift_op_final": _stat(stats, head + "drift_op", "final"),
+        "drift_op_max": _stat(stats, head + "drift_op", "max"),
+    }
+
+
 def summarize_run(run: Run, loss_star: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON object of one run (schema ``Run`` in :mod:`lightning_lplr.report.schema`).
 
@@ -367,16 +387,7 @@ def summarize_run(run: Run, loss_star: dict[str, Any] | None = None) -> dict[str
             "ratio_step_min": _stat(stats, "pl/ratio_step", "min"),
             "ratio_probe_min": _stat(stats, "pl/ratio_probe", "min"),
         },
-        "ntk": {
-            "lambda_min_initial": _stat(stats, "ntk/lambda_min", "initial"),
-            "lambda_min_final": _stat(stats, "ntk/lambda_min", "final"),
-            "lambda_min_min": _stat(stats, "ntk/lambda_min", "min"),
-            "lambda_min_max": _stat(stats, "ntk/lambda_min", "max"),
-            "lambda_max_min": _stat(stats, "ntk/lambda_max", "min"),
-            "lambda_max_max": _stat(stats, "ntk/lambda_max", "max"),
-            "drift_op_final": _stat(stats, "ntk/drift_op", "final"),
-            "drift_op_max": _stat(stats, "ntk/drift_op", "max"),
-        },
+        "ntk": _ntk_section(run, stats),
         "param": {
             "drift_final": _stat(stats, "param/drift", "final"),
             "drift_max": _stat(stats, "param/drift", "max"),
