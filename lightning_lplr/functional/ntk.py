@@ -158,7 +158,9 @@ class NTKImplementation(str, Enum):
     """Never store a Jacobian: for every probe output compute ``J(x2) J(x1)ᵀ e`` as a
     vector-Jacobian product followed by a Jacobian-vector product. Time
     ``≈ m1·O·(3 + 3·m2)·F``; memory ``≈ 2·m1·O·P + 4·m1·m2·O·max layer activation`` numbers.
-    Pick it when the model is cheap to evaluate and the Jacobian would not fit.
+    Pick it when the model is cheap to evaluate and the Jacobian would not fit. Needs forward-mode
+    AD of every op (CPU flash attention has none: build HuggingFace models with
+    ``attn_implementation="eager"``; ``"auto"`` skips it where it fails).
 
     Both implementations above ``vmap`` the model over samples; a model that ``vmap`` cannot
     batch (data-dependent control flow such as ``if attention_mask.all():`` in HuggingFace
