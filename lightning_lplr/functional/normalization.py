@@ -436,6 +436,7 @@ def with_norm_mode(
         ``f(params, x)`` with the override active during each call.
 
     Example:
+        >>> from torch.func import functional_call
         >>> _ = torch.manual_seed(0)
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).eval()
         >>> x = torch.randn(8, 3)
