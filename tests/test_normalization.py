@@ -152,12 +152,23 @@ def kernels_from(j: Tensor) -> dict[NTKKind, Tensor]:
     m, o, p = j.shape
     per_output = torch.einsum("iap,jap->ija", j, j)
     ps = j.sum(dim=1) / math.sqrt(o)
+    a = torch.einsum("ia,iap->ip", loss_weights(m, o), j)  # loss gradients J_iᵀ g_i
     return {
         NTKKind.FULL: j.reshape(m * o, p) @ j.reshape(m * o, p).T,
         NTKKind.TRACE: per_output.mean(dim=2),
         NTKKind.DIAGONAL: per_output,
         NTKKind.PSEUDO: ps @ ps.T,
+        NTKKind.LOSS_GRAM: a @ a.T,
     }
+
+
+def loss_weights(m: int, o: int) -> Tensor:
+    """Fixed output weights standing in for per-sample loss gradients (``kind="loss_gram"``)."""
+    return torch.randn(m, o, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+
+def kind_kwargs(kind: NTKKind, m: int = M, o: int = 3) -> dict[str, Tensor]:
+    return {"output_weights": loss_weights(m, o)} if kind is NTKKind.LOSS_GRAM else {}
 
 
 @functools.cache
@@ -222,7 +233,9 @@ def test_mode_matches_its_oracle(mode: str, implementation: NTKImplementation) -
     net, x = bn_cnn(), probe()
     before = snapshot(net)
     for kind in KINDS:
-        got = empirical_ntk(net, x, kind=kind, implementation=implementation, norm_mode=mode)
+        got = empirical_ntk(
+            net, x, kind=kind, implementation=implementation, norm_mode=mode, **kind_kwargs(kind)
+        )
         assert got.dtype == torch.float64
         assert_close(got, oracle(mode)[kind], f"{mode}/{implementation.value}/{kind.value}")
     assert_untouched(net, before)

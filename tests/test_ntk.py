@@ -84,18 +84,46 @@ def _oracle_jacobian(c: Case, x: Tensor) -> Tensor:
     return jac.reshape(x.shape[0], -1, flat.numel())
 
 
-def _kernels_from(j1: Tensor, j2: Tensor) -> dict[NTKKind, Tensor]:
+def _kernels_from(j1: Tensor, j2: Tensor, g1: Tensor, g2: Tensor) -> dict[NTKKind, Tensor]:
+    """Every kind from the Jacobians; ``loss_gram`` with the output weights ``g`` (``(m, O)``)."""
     m1, o, p = j1.shape
     m2 = j2.shape[0]
     per_output = torch.einsum("iap,jap->ija", j1, j2)
     p1 = j1.sum(dim=1) / math.sqrt(o)
     p2 = j2.sum(dim=1) / math.sqrt(o)
+    a1 = torch.einsum("ia,iap->ip", g1, j1)  # per-sample loss gradients ∇ℓ_i = J_iᵀ g_i
+    a2 = torch.einsum("ia,iap->ip", g2, j2)
     return {
         NTKKind.FULL: j1.reshape(m1 * o, p) @ j2.reshape(m2 * o, p).T,
         NTKKind.TRACE: per_output.mean(dim=2),
         NTKKind.DIAGONAL: per_output,
         NTKKind.PSEUDO: p1 @ p2.T,
+        NTKKind.LOSS_GRAM: a1 @ a2.T,
     }
+
+
+def _weights(x: Tensor, o: int, seed: int) -> Tensor:
+    """Fixed float64 output weights ``(m, O)`` standing in for loss gradients (for kind="loss_gram")."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(x.shape[0], o, generator=gen, dtype=torch.float64)
+
+
+@functools.cache
+def _case_weights(name: str) -> tuple[Tensor, Tensor]:
+    c = case(name, torch.float64)
+    o = _oracle_jacobian(c, c.x1[:1]).shape[1]
+    return _weights(c.x1, o, 1), _weights(c.x2, o, 2)
+
+
+def _extra(name: str, kind: NTKKind, cross: bool, dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
+    """The keyword arguments a kind needs beyond the probes: ``output_weights`` for loss_gram."""
+    if kind is not NTKKind.LOSS_GRAM:
+        return {}
+    g1, g2 = _case_weights(name)
+    extra = {"output_weights": g1.to(dtype)}
+    if cross:
+        extra["output_weights2"] = g2.to(dtype)
+    return extra
 
 
 @functools.cache
@@ -103,7 +131,8 @@ def _oracle(name: str, cross: bool) -> dict[NTKKind, Tensor]:
     c = case(name, torch.float64)
     j1 = _oracle_jacobian(c, c.x1)
     j2 = _oracle_jacobian(c, c.x2) if cross else j1
-    return _kernels_from(j1, j2)
+    g1, g2 = _case_weights(name)
+    return _kernels_from(j1, j2, g1, g2 if cross else g1)
 
 
 def _assert_close(got: Tensor, expected: Tensor, tol: float, what: str) -> None:
@@ -142,7 +171,8 @@ def test_matches_oracle(
     name: str, implementation: NTKImplementation, kind: NTKKind, dtype: torch.dtype
 ) -> None:
     c = case(name, dtype)
-    got = empirical_ntk(c.model, c.x1, params=c.params, kind=kind, implementation=implementation)
+    extra = _extra(name, kind, False, dtype)
+    got = empirical_ntk(c.model, c.x1, params=c.params, kind=kind, implementation=implementation, **extra)
     assert got.dtype == dtype  # float64 in -> float64 out (and float32 stays float32)
     _assert_close(got, _oracle(name, False)[kind], TOL[dtype], f"{name}/{implementation.value}/{kind.value}")
 
@@ -153,11 +183,20 @@ def test_matches_oracle(
 def test_cross_kernel_and_chunking(name: str, implementation: NTKImplementation, kind: NTKKind) -> None:
     c = case(name)
     expected = _oracle(name, True)[kind]
-    cross = empirical_ntk(c.model, c.x1, c.x2, params=c.params, kind=kind, implementation=implementation)
+    ex, ex_sym = _extra(name, kind, True), _extra(name, kind, False)
+    cross = empirical_ntk(
+        c.model, c.x1, c.x2, params=c.params, kind=kind, implementation=implementation, **ex
+    )
     _assert_close(cross, expected, TOL[torch.float64], "cross kernel")
     # The cross kernel is the off-diagonal block of the joint kernel of the concatenated probe.
+    joint_ex = {"output_weights": torch.cat([ex["output_weights"], ex["output_weights2"]])} if ex else {}
     joint = empirical_ntk(
-        c.model, torch.cat([c.x1, c.x2]), params=c.params, kind=kind, implementation=implementation
+        c.model,
+        torch.cat([c.x1, c.x2]),
+        params=c.params,
+        kind=kind,
+        implementation=implementation,
+        **joint_ex,
     )
     m1 = c.x1.shape[0]
     if kind is NTKKind.FULL:
@@ -167,14 +206,27 @@ def test_cross_kernel_and_chunking(name: str, implementation: NTKImplementation,
         block = joint[:m1, m1:]
     _assert_close(cross, block, TOL[torch.float64], "cross vs joint block")
     # Chunk sizes that do and do not divide m1 = 7 and m2 = 3: chunked equals unchunked.
-    sym = empirical_ntk(c.model, c.x1, params=c.params, kind=kind, implementation=implementation)
+    sym = empirical_ntk(c.model, c.x1, params=c.params, kind=kind, implementation=implementation, **ex_sym)
     for chunk in (2, 5):
         sym_chunked = empirical_ntk(
-            c.model, c.x1, params=c.params, kind=kind, implementation=implementation, chunk_size=chunk
+            c.model,
+            c.x1,
+            params=c.params,
+            kind=kind,
+            implementation=implementation,
+            chunk_size=chunk,
+            **ex_sym,
         )
         _assert_close(sym_chunked, sym, TOL[torch.float64], f"symmetric chunk_size={chunk}")
         cross_chunked = empirical_ntk(
-            c.model, c.x1, c.x2, params=c.params, kind=kind, implementation=implementation, chunk_size=chunk
+            c.model,
+            c.x1,
+            c.x2,
+            params=c.params,
+            kind=kind,
+            implementation=implementation,
+            chunk_size=chunk,
+            **ex,
         )
         _assert_close(cross_chunked, cross, TOL[torch.float64], f"cross chunk_size={chunk}")
 
@@ -193,14 +245,20 @@ def test_oracle_is_symmetric_psd_and_consistent() -> None:
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=_impl_id)
 def test_scalar_output_kinds_coincide(implementation: NTKImplementation) -> None:
-    """With one output, full = trace = diagonal[..., 0] = pseudo."""
+    """With one output, full = trace = diagonal[..., 0] = pseudo = loss_gram with unit weights."""
     c = case("scalar_mlp")
-    got = {k: empirical_ntk(c.model, c.x1, kind=k, implementation=implementation) for k in KINDS}
     m = c.x1.shape[0]
+    ones = {"output_weights": torch.ones(m, dtype=torch.float64)}
+    got = {
+        k: empirical_ntk(
+            c.model, c.x1, kind=k, implementation=implementation, **(ones if k is NTKKind.LOSS_GRAM else {})
+        )
+        for k in KINDS
+    }
     assert got[NTKKind.FULL].shape == (m, m)
     assert got[NTKKind.DIAGONAL].shape == (m, m, 1)
     ref = got[NTKKind.FULL]
-    for k in (NTKKind.TRACE, NTKKind.PSEUDO):
+    for k in (NTKKind.TRACE, NTKKind.PSEUDO, NTKKind.LOSS_GRAM):
         _assert_close(got[k], ref, 1e-12, f"scalar {k.value} vs full")
     _assert_close(got[NTKKind.DIAGONAL][..., 0], ref, 1e-12, "scalar diagonal vs full")
 
@@ -238,7 +296,7 @@ def lin() -> nn.Module:
 def test_unknown_kind_names_argument_and_choices(lin: nn.Module) -> None:
     with pytest.raises(ValueError, match=r"kind='eigen'") as info:
         empirical_ntk(lin, torch.randn(2, 3), kind="eigen")
-    for allowed in ("'full'", "'trace'", "'diagonal'", "'pseudo'"):
+    for allowed in ("'full'", "'trace'", "'diagonal'", "'pseudo'", "'loss_gram'"):
         assert allowed in str(info.value)
 
 
@@ -420,7 +478,8 @@ def test_structured_both_layer_forms(
 
     monkeypatch.setattr(_structured.Structured, "_mode", forced)
     c = case(name)
-    got = empirical_ntk(c.model, c.x1, c.x2, kind=kind, implementation="structured", chunk_size=4)
+    ex = _extra(name, kind, True)
+    got = empirical_ntk(c.model, c.x1, c.x2, kind=kind, implementation="structured", chunk_size=4, **ex)
     _assert_close(got, _oracle(name, True)[kind], TOL[torch.float64], f"{name} {mode}")
 
 
@@ -483,9 +542,9 @@ def test_auto_times_once_and_respects_the_budget(monkeypatch: pytest.MonkeyPatch
     trials: list[list[NTKImplementation]] = []
     real = ntk._timed_trial
 
-    def spy(problem: object, kind: NTKKind, x1: Tensor, x2: Tensor | None, candidates: list) -> object:
+    def spy(prep: object, candidates: list) -> object:
         trials.append([impl for impl, _, _ in candidates])
-        return real(problem, kind, x1, x2, candidates)  # type: ignore[arg-type]
+        return real(prep, candidates)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ntk, "_timed_trial", spy)
     first = resolve_implementation(c.model, c.x1)

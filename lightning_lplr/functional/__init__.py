@@ -2,8 +2,8 @@
 
 Names are imported on first use (PEP 562): ``from lightning_lplr.functional import fit_linear_rate``
 loads only the module that defines it, and nothing here ever imports Lightning. Every public name of a
-public module (ntk, spectrum, pl, rate, region, objective, curvature, linearization, normalization)
-is exported here (a test keeps this list complete).
+public module (ntk, spectrum, pl, rate, region, objective, curvature, linearization, normalization,
+memory) is exported here (a test keeps this list complete).
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 _LAZY: dict[str, str] = {
     "ArrayLike": "rate",
+    "DEFAULT_BUDGET_FRACTION": "memory",
     "DEFAULT_NOISE_FACTOR": "linearization",
     "DENSE_MAX_SIZE": "curvature",
     "ExponentialFit": "pl",
     "ForwardModeError": "linearization",
     "GaussNewtonSharpness": "curvature",
+    "Inputs": "ntk",
     "KernelLike": "spectrum",
     "KernelLossModel": "curvature",
     "LinearRateFit": "rate",
@@ -28,9 +30,13 @@ _LAZY: dict[str, str] = {
     "ModelFn": "ntk",
     "NTKImplementation": "ntk",
     "NTKKind": "ntk",
+    "NTKMemoryEstimate": "memory",
     "NTKPLBounds": "pl",
+    "NTKPlan": "memory",
+    "NTKProblemSize": "memory",
     "NormMode": "normalization",
     "NormStatistics": "normalization",
+    "OutputMask": "ntk",
     "Regime": "rate",
     "RegionEstimate": "region",
     "RowsLike": "rate",
@@ -39,15 +45,18 @@ _LAZY: dict[str, str] = {
     "classify_regime": "rate",
     "classify_regime_rows": "rate",
     "clear_auto_cache": "ntk",
+    "default_budget": "memory",
     "eigenvalues": "spectrum",
     "empirical_ntk": "ntk",
     "envelope_min": "pl",
     "envelope_quantile": "pl",
     "estimate_loss_star": "pl",
+    "estimate_ntk_memory": "memory",
     "fit_exponential_offset": "pl",
     "fit_linear_rate": "rate",
     "fit_linear_rate_rows": "rate",
     "fit_sublinear_rate": "rate",
+    "format_bytes": "memory",
     "forward_mode_safe": "linearization",
     "gauss_newton_sharpness": "curvature",
     "has_constant_hessian": "curvature",
@@ -56,6 +65,7 @@ _LAZY: dict[str, str] = {
     "kernel_loss_model": "curvature",
     "kernel_predicted_loss": "curvature",
     "linearization_gap": "linearization",
+    "measure_ntk_problem": "memory",
     "ntk_gradient_norm_sq": "pl",
     "ntk_pl_bounds": "pl",
     "operator_norm": "spectrum",
@@ -65,6 +75,7 @@ _LAZY: dict[str, str] = {
     "parameter_distance": "region",
     "parameter_gradient_norm_sq": "objective",
     "pl_ratio": "pl",
+    "plan_ntk_memory": "memory",
     "predicted_contraction": "rate",
     "probe_statistics": "normalization",
     "region_estimate": "region",
@@ -81,12 +92,14 @@ _LAZY: dict[str, str] = {
 """Public name -> the module of :mod:`lightning_lplr.functional` that defines it."""
 
 __all__: list[str] = [
+    "DEFAULT_BUDGET_FRACTION",
     "DEFAULT_NOISE_FACTOR",
     "DENSE_MAX_SIZE",
     "ArrayLike",
     "ExponentialFit",
     "ForwardModeError",
     "GaussNewtonSharpness",
+    "Inputs",
     "KernelLike",
     "KernelLossModel",
     "LinearRateFit",
@@ -97,9 +110,13 @@ __all__: list[str] = [
     "ModelFn",
     "NTKImplementation",
     "NTKKind",
+    "NTKMemoryEstimate",
     "NTKPLBounds",
+    "NTKPlan",
+    "NTKProblemSize",
     "NormMode",
     "NormStatistics",
+    "OutputMask",
     "Regime",
     "RegionEstimate",
     "RowsLike",
@@ -108,15 +125,18 @@ __all__: list[str] = [
     "classify_regime",
     "classify_regime_rows",
     "clear_auto_cache",
+    "default_budget",
     "eigenvalues",
     "empirical_ntk",
     "envelope_min",
     "envelope_quantile",
     "estimate_loss_star",
+    "estimate_ntk_memory",
     "fit_exponential_offset",
     "fit_linear_rate",
     "fit_linear_rate_rows",
     "fit_sublinear_rate",
+    "format_bytes",
     "forward_mode_safe",
     "gauss_newton_sharpness",
     "has_constant_hessian",
@@ -125,6 +145,7 @@ __all__: list[str] = [
     "kernel_loss_model",
     "kernel_predicted_loss",
     "linearization_gap",
+    "measure_ntk_problem",
     "ntk_gradient_norm_sq",
     "ntk_pl_bounds",
     "operator_norm",
@@ -134,6 +155,7 @@ __all__: list[str] = [
     "parameter_distance",
     "parameter_gradient_norm_sq",
     "pl_ratio",
+    "plan_ntk_memory",
     "predicted_contraction",
     "probe_statistics",
     "region_estimate",
@@ -168,6 +190,17 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         forward_mode_safe,
         linearization_gap,
     )
+    from lightning_lplr.functional.memory import (
+        DEFAULT_BUDGET_FRACTION,
+        NTKMemoryEstimate,
+        NTKPlan,
+        NTKProblemSize,
+        default_budget,
+        estimate_ntk_memory,
+        format_bytes,
+        measure_ntk_problem,
+        plan_ntk_memory,
+    )
     from lightning_lplr.functional.normalization import (
         NormMode,
         NormStatistics,
@@ -175,9 +208,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         with_norm_mode,
     )
     from lightning_lplr.functional.ntk import (
+        Inputs,
         ModelFn,
         NTKImplementation,
         NTKKind,
+        OutputMask,
         clear_auto_cache,
         empirical_ntk,
         resolve_implementation,

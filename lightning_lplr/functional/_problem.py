@@ -2,6 +2,13 @@
 
 Shared by :mod:`lightning_lplr.functional.ntk` and :mod:`lightning_lplr.functional._structured`
 (neither imports the other's private names), so the module graph has no cycle.
+
+Inputs are *pytrees*: a tensor, or a tuple, list or dict (nested as deep as needed; any other
+mapping, e.g. a tokenizer's ``BatchEncoding``, is read as a dict) whose leaves are tensors sharing
+the leading sample dimension ``m``. Integer leaves (token ids, masks) are inputs like any other;
+only parameters are ever differentiated. An ``nn.Module`` receives a dict as keyword arguments
+(``module(**x)``), a tuple or list as positional arguments (``module(*x)``) and a tensor as its
+one argument; a plain callable ``f(params, x)`` receives the pytree as it is.
 """
 
 from __future__ import annotations
@@ -12,17 +19,38 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 from torch.nn.modules.module import register_module_forward_hook
 
 if TYPE_CHECKING:  # pragma: no cover - the override module imports this one
     from lightning_lplr.functional.normalization import NormOverride
 
-__all__ = ["PLAN_SAMPLES", "ModelFn", "Problem", "full_precision", "global_forward_hook", "trainable_params"]
+__all__ = [
+    "PLAN_SAMPLES",
+    "Inputs",
+    "ModelFn",
+    "Problem",
+    "Target",
+    "as_inputs",
+    "call_module",
+    "concat_samples",
+    "full_precision",
+    "global_forward_hook",
+    "index_samples",
+    "input_signature",
+    "move_inputs",
+    "sample_count",
+    "split_samples",
+    "trainable_params",
+]
 
-ModelFn = Callable[[dict[str, Tensor], Tensor], Tensor]
-"""A functional model ``f(params, x) -> outputs`` over a batch ``x``."""
+Inputs = Any
+"""A batch of model inputs: a tensor ``(m, ...)`` or a tuple/list/dict pytree of such tensors."""
+
+ModelFn = Callable[[dict[str, Tensor], Any], Tensor]
+"""A functional model ``f(params, x) -> outputs`` over a batch ``x`` (a tensor or a pytree of tensors)."""
 
 PLAN_SAMPLES = 3
 """Samples in the forward that discovers and verifies a structured plan (>= 2 exposes batch mixing)."""
@@ -53,6 +81,210 @@ def global_forward_hook(hook: Callable[..., Any]) -> Iterator[None]:
         yield
     finally:
         handle.remove()
+
+
+# ----------------------------------------------------------------------------------------------
+# Input pytrees
+# ----------------------------------------------------------------------------------------------
+
+
+def as_inputs(x: Any, argument: str = "x") -> Inputs:
+    """``x`` checked as a batch of inputs: a tensor or a pytree of tensors with one leading size ``m``.
+
+    Mappings that are not dicts (a tokenizer's ``BatchEncoding``) become dicts, recursively.
+
+    Args:
+        x: a tensor ``(m, ...)``, or a tuple, list or dict of them (nested as needed).
+        argument: the argument's name, for error messages.
+
+    Returns:
+        ``x`` (mappings as dicts).
+
+    Raises:
+        TypeError: a leaf that is not a tensor.
+        ValueError: a leaf without a leading dimension, ``m = 0``, or leaves of different ``m``.
+
+    Example:
+        >>> x = as_inputs({"ids": torch.zeros(4, 7, dtype=torch.long), "mask": torch.ones(4, 7)})
+        >>> sample_count(x)
+        4
+    """
+    x = _plain_mappings(x)
+    leaves = pytree.tree_leaves(x)
+    if not leaves:
+        raise ValueError(f"{argument} holds no tensor; pass a tensor (m, ...) or a tuple/list/dict of them.")
+    sizes = set()
+    for leaf in leaves:
+        if not isinstance(leaf, Tensor):
+            raise TypeError(
+                f"{argument} must be a tensor of shape (m, *input_shape) or a tuple/list/dict of such "
+                f"tensors; it holds a {type(leaf).__name__}. Drop non-tensor entries (e.g. None values)."
+            )
+        if leaf.ndim < 1 or leaf.shape[0] == 0:
+            what = "shape" if isinstance(x, Tensor) else "a tensor of shape"
+            raise ValueError(
+                f"{argument} has {what} {tuple(leaf.shape)}; it needs a leading sample dimension with m >= 1."
+            )
+        sizes.add(int(leaf.shape[0]))
+    if len(sizes) > 1:
+        shapes = [tuple(t.shape) for t in leaves]
+        raise ValueError(
+            f"{argument} holds tensors with different leading (sample) sizes: {shapes}; every tensor of one "
+            "probe must have the same number of samples m in dimension 0."
+        )
+    return x
+
+
+def _plain_mappings(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, Mapping):
+        return {k: _plain_mappings(v) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a namedtuple: keep its type
+        return type(x)(*(_plain_mappings(v) for v in x))
+    if isinstance(x, (tuple, list)):
+        return type(x)(_plain_mappings(v) for v in x)
+    return x
+
+
+def sample_count(x: Inputs) -> int:
+    """The number of samples ``m`` of a checked batch (leading size of its first leaf).
+
+    Args:
+        x: a batch accepted by :func:`as_inputs`.
+
+    Returns:
+        ``m``.
+
+    Example:
+        >>> sample_count((torch.zeros(3, 2), torch.zeros(3)))
+        3
+    """
+    return int(pytree.tree_leaves(x)[0].shape[0])
+
+
+def index_samples(x: Inputs, index: Any) -> Inputs:
+    """Every leaf indexed by ``index`` in its sample dimension (``t[index]``).
+
+    Args:
+        x: a batch.
+        index: an int (drops the sample dimension), a slice or an index tensor.
+
+    Returns:
+        The indexed batch, same structure.
+
+    Example:
+        >>> index_samples({"a": torch.arange(6).reshape(3, 2)}, slice(1, 3))["a"].tolist()
+        [[2, 3], [4, 5]]
+    """
+    return pytree.tree_map(lambda t: t[index], x)
+
+
+def split_samples(x: Inputs, size: int) -> list[Inputs]:
+    """Consecutive chunks of at most ``size`` samples (``torch.split`` on every leaf).
+
+    Args:
+        x: a batch.
+        size: chunk size.
+
+    Returns:
+        The chunks, each with the structure of ``x``.
+
+    Example:
+        >>> [sample_count(c) for c in split_samples((torch.zeros(5, 2), torch.zeros(5)), 2)]
+        [2, 2, 1]
+    """
+    m = sample_count(x)
+    return [index_samples(x, slice(s, s + size)) for s in range(0, m, size)]
+
+
+def concat_samples(batches: list[Inputs]) -> Inputs:
+    """Batches of one structure concatenated along the sample dimension.
+
+    Args:
+        batches: batches with the same structure.
+
+    Returns:
+        One batch.
+
+    Example:
+        >>> sample_count(concat_samples([{"a": torch.zeros(2)}, {"a": torch.zeros(3)}]))
+        5
+    """
+    return pytree.tree_map(lambda *ts: torch.cat(ts), *batches)
+
+
+def move_inputs(x: Inputs, device: torch.device | str) -> Inputs:
+    """Every leaf on ``device`` (dtypes unchanged).
+
+    Args:
+        x: a batch.
+        device: target device.
+
+    Returns:
+        The batch on ``device``.
+
+    Example:
+        >>> move_inputs((torch.zeros(2),), "cpu")[0].device.type
+        'cpu'
+    """
+    return pytree.tree_map(lambda t: t.to(device), x)
+
+
+def input_signature(x: Inputs) -> tuple[Any, ...]:
+    """A hashable description of a batch without its sample count: structure, per-sample shapes, dtypes.
+
+    Args:
+        x: a batch.
+
+    Returns:
+        ``(structure, ((shape[1:], dtype), ...))``.
+
+    Example:
+        >>> input_signature(torch.zeros(4, 3)) == input_signature(torch.ones(9, 3))
+        True
+    """
+    leaves, spec = pytree.tree_flatten(x)
+    return (str(spec), tuple((tuple(t.shape[1:]), t.dtype) for t in leaves))
+
+
+def call_module(module: nn.Module, params: Mapping[str, Tensor], x: Inputs) -> Any:
+    """``module`` called on the batch ``x`` with ``params`` swapped in (``functional_call``).
+
+    The calling convention of every function of this package: a dict is passed as keyword
+    arguments (``module(**x)``), a tuple or list as positional arguments (``module(*x)``),
+    anything else (a tensor) as the one argument.
+
+    Args:
+        module: the model.
+        params: parameters (and/or buffers) to use, by name.
+        x: the inputs.
+
+    Returns:
+        Whatever the module returns.
+
+    Example:
+        >>> class Add(nn.Module):
+        ...     def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        ...         return a + b
+        >>> call_module(Add(), {}, {"a": torch.ones(2), "b": torch.ones(2)}).tolist()
+        [2.0, 2.0]
+    """
+    if isinstance(x, dict):
+        return functional_call(module, dict(params), (), x)
+    if isinstance(x, (tuple, list)):
+        return functional_call(module, dict(params), tuple(x))
+    return functional_call(module, dict(params), (x,))
+
+
+def _unsqueeze(x: Inputs) -> Inputs:
+    return pytree.tree_map(lambda t: t.unsqueeze(0), x)
+
+
+def _is_vmap_limitation(err: BaseException) -> bool:
+    """An error that ``vmap`` over samples raises but a loop over samples would not."""
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("vmap" in text or "atching rule" in text)
 
 
 def trainable_params(model: nn.Module) -> dict[str, Tensor]:
@@ -88,15 +320,16 @@ class Problem:
 
     ``norm``: the normalisation override of a ``norm_mode`` (``None``: the model as it is, which
     must then treat samples independently). ``call`` stays the user's function (its identity keys
-    caches); every evaluation goes through the override.
+    caches); every evaluation goes through the override. ``x1`` and ``x2`` are checked batches
+    (see :func:`as_inputs`): the same structure and per-sample shapes.
     """
 
     def __init__(
         self,
         model: nn.Module | ModelFn,
         params: Mapping[str, Tensor] | None,
-        x1: Tensor,
-        x2: Tensor | None,
+        x1: Inputs,
+        x2: Inputs | None,
         norm: NormOverride | None = None,
     ) -> None:
         if isinstance(model, nn.Module):
@@ -104,8 +337,8 @@ class Problem:
             if params is None:
                 params = trainable_params(module)
 
-            def call(p: dict[str, Tensor], x: Tensor) -> Any:
-                return functional_call(module, p, (x,))
+            def call(p: dict[str, Tensor], x: Inputs) -> Any:
+                return call_module(module, p, x)
 
             self.module: nn.Module | None = module
         elif callable(model):
@@ -137,20 +370,16 @@ class Problem:
         self.device = first.device
         self.dtype = first.dtype
         self.itemsize = first.element_size()
-        for arg, x in (("x1", x1), ("x2", x2)):
-            if x is None:
-                continue
-            if not isinstance(x, Tensor):
-                raise TypeError(f"{arg} must be a tensor of shape (m, *input_shape); got {type(x).__name__}.")
-            if x.ndim < 1 or x.shape[0] == 0:
+        x1 = as_inputs(x1, "x1")
+        if x2 is not None:
+            x2 = as_inputs(x2, "x2")
+            if input_signature(x1)[0] != input_signature(x2)[0] or [
+                t.shape[1:] for t in pytree.tree_leaves(x1)
+            ] != [t.shape[1:] for t in pytree.tree_leaves(x2)]:
                 raise ValueError(
-                    f"{arg} has shape {tuple(x.shape)}; it needs a leading sample dimension with m >= 1."
+                    f"x1 and x2 must share their structure and trailing (per-sample) shapes; got x1 "
+                    f"{_describe(x1)} and x2 {_describe(x2)}. Pass probes of the same input shape."
                 )
-        if x2 is not None and x1.shape[1:] != x2.shape[1:]:
-            raise ValueError(
-                f"x1 and x2 must share their trailing (per-sample) shape; got x1 {tuple(x1.shape)} and "
-                f"x2 {tuple(x2.shape)}. Pass probes of the same input shape."
-            )
         if self.module is not None and norm is None:
             mixing = _sample_mixing_modules(self.module)
             if mixing:
@@ -164,11 +393,13 @@ class Problem:
         self.norm = norm
         self.norm_mode: str | None = None if norm is None else norm.mode
         self._forward: ModelFn = call if norm is None else norm.wrap(call)
-        self.sample = x1[:PLAN_SAMPLES].to(self.device)
+        self.loop_samples = False
+        """Set when ``vmap`` over samples fails (data-dependent control flow): loop over samples instead."""
+        self.sample = move_inputs(index_samples(x1, slice(0, PLAN_SAMPLES)), self.device)
         # One evaluation on a single sample (on the plan sample where the batch mixes samples:
         # batch statistics need more than one) fixes the output size, checks the output type and
         # measures activations (leaf-module outputs) for the memory estimates.
-        n = self.sample.shape[0] if norm is not None and norm.mixes_samples else 1
+        n = sample_count(self.sample) if norm is not None and norm.mixes_samples else 1
         sizes: list[int] = []
 
         def measure(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
@@ -176,7 +407,7 @@ class Problem:
                 sizes.append(output.numel() // n)
 
         with torch.no_grad(), global_forward_hook(measure):
-            out = self._forward(self.params, self.sample[:n])
+            out = self._forward(self.params, index_samples(self.sample, slice(0, n)))
         if not isinstance(out, Tensor):
             raise TypeError(
                 f"the model returned a {type(out).__name__}, not a tensor; the NTK needs the model output as "
@@ -187,25 +418,37 @@ class Problem:
                 f"the model output for a batch of {n} has shape {tuple(out.shape)}; "
                 f"expected ({n}, *out) or ({n},)."
             )
+        self.output_shape: tuple[int, ...] = tuple(out.shape[1:])
+        """Per-sample output shape ``out`` of the model (``O`` is its number of elements)."""
         self.num_outputs = int(math.prod(out.shape[1:]))
         self.activation_numel = max(sum(sizes), self.num_outputs, 1)
         self.max_activation_numel = max([*sizes, self.num_outputs, 1])
 
-    def batched(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
+    def batched(self, p: dict[str, Tensor], x: Inputs) -> Tensor:
         """Outputs of a batch, flattened to ``(b, O)``."""
         out = self._forward(p, x)
         return out.reshape(out.shape[0], -1)
 
-    def single(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
+    def single(self, p: dict[str, Tensor], x: Inputs) -> Tensor:
         """Outputs of one sample (no batch dimension), flattened to ``(O,)``."""
-        return self.batched(p, x.unsqueeze(0)).reshape(-1)
+        return self.batched(p, _unsqueeze(x)).reshape(-1)
 
-    def pseudo_batched(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
-        """The pNTK's scalar model ``Σ_a f_a / √O`` as ``(b, 1)``."""
-        return self.batched(p, x).sum(dim=1, keepdim=True) / math.sqrt(self.num_outputs)
+    def map_samples(self, fn: Callable[[Any], Any], data: Any) -> Any:
+        """``fn`` applied to every sample of ``data`` (a batch pytree), results stacked.
 
-    def pseudo_single(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return self.pseudo_batched(p, x.unsqueeze(0)).reshape(-1)
+        ``vmap`` over the samples; a model whose forward ``vmap`` cannot batch (data-dependent
+        control flow such as ``if mask.all():``, an op without a batching rule) is run sample by
+        sample instead, for the rest of this problem's life.
+        """
+        if not self.loop_samples:
+            try:
+                return vmap(fn)(data)
+            except RuntimeError as err:
+                if not _is_vmap_limitation(err):
+                    raise
+                self.loop_samples = True
+        results = [fn(index_samples(data, i)) for i in range(sample_count(data))]
+        return pytree.tree_map(lambda *ts: torch.stack(ts), *results)
 
     def parameter_count(self) -> int:
         return sum(v.numel() for v in self.params.values())
@@ -218,3 +461,57 @@ class Problem:
             return ("module", type(self.module).__qualname__, modules, sig, self.norm_mode)
         code = getattr(self.call, "__code__", None)
         return ("callable", code if code is not None else type(self.call).__qualname__, sig, self.norm_mode)
+
+
+def _describe(x: Inputs) -> str:
+    if isinstance(x, Tensor):
+        return str(tuple(x.shape))
+    return str(pytree.tree_map(lambda t: tuple(t.shape), x))
+
+
+class Target:
+    """The function of the parameters whose kernel a backend computes for one kernel kind.
+
+    The model's outputs ``f(θ, x_i) ∈ R^O`` (``problem.batched``), then per sample
+
+    * ``weighted``: multiplied elementwise by weights ``w_i ∈ R^O`` that travel with the inputs:
+      the data a backend receives is the pair ``(x, w)`` with ``w`` of shape ``(b, O)``, so chunks,
+      ``vmap`` and sample loops carry the weights along;
+    * ``scalar``: summed to one output, ``Σ_a w_ia f_ia`` (weighted) or ``Σ_a f_ia / √O`` (the pNTK).
+
+    Args:
+        problem: the model.
+        scalar: one output per sample (pseudo, loss-gradient Gram).
+        weighted: data is ``(x, w)``.
+    """
+
+    def __init__(self, problem: Problem, *, scalar: bool, weighted: bool) -> None:
+        self.problem = problem
+        self.scalar = scalar
+        self.weighted = weighted
+        self.outputs = 1 if scalar else problem.num_outputs
+
+    def split(self, data: Any) -> tuple[Inputs, Tensor | None]:
+        """``(x, w)`` of the data (``w`` is ``None`` when not weighted)."""
+        if self.weighted:
+            x, w = data
+            return x, w
+        return data, None
+
+    def apply(self, out: Tensor, w: Tensor | None) -> Tensor:
+        """Model outputs ``(b, O)`` -> target outputs ``(b, outputs)``."""
+        if w is not None:
+            out = out * w
+            return out.sum(dim=1, keepdim=True) if self.scalar else out
+        if self.scalar:
+            return out.sum(dim=1, keepdim=True) / math.sqrt(self.problem.num_outputs)
+        return out
+
+    def batched(self, p: dict[str, Tensor], data: Any) -> Tensor:
+        """Target outputs of a batch, ``(b, outputs)``."""
+        x, w = self.split(data)
+        return self.apply(self.problem.batched(p, x), w)
+
+    def single(self, p: dict[str, Tensor], data: Any) -> Tensor:
+        """Target outputs of one sample (no batch dimension), ``(outputs,)``."""
+        return self.batched(p, _unsqueeze(data)).reshape(-1)

@@ -59,7 +59,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vjp, vmap
 
-from lightning_lplr.functional._problem import Problem, global_forward_hook
+from lightning_lplr.functional._problem import (
+    Problem,
+    Target,
+    global_forward_hook,
+    index_samples,
+    input_signature,
+    sample_count,
+)
 
 _LINEAR, _CONV2D, _BATCHNORM, _LOCAL = "linear", "conv2d", "batchnorm", "local"
 _GRAM, _GRAD = "gram", "grad"
@@ -309,22 +316,26 @@ class Structured:
         (torch.Size([30, 30]), True)
     """
 
-    def __init__(self, problem: Problem, kind: Any) -> None:
+    def __init__(self, problem: Problem, kind: Any, target: Target | None = None) -> None:
         self.problem = problem
         self.kind = str(getattr(kind, "value", kind))
-        self.pseudo = self.kind == "pseudo"
-        self.outputs = 1 if self.pseudo else problem.num_outputs
+        scalar = self.kind in ("pseudo", "loss_gram")
+        self.target = target or Target(problem, scalar=scalar, weighted=False)
+        self.outputs = self.target.outputs
         self.pairs = self.outputs**2 if self.kind == "full" else self.outputs
+        self.selected = False
+        """A masked full kernel: each block is copied once more when its kept rows are selected."""
         self.plan = self._plan()
         self.modes: dict[int, str] = {}
-        self.configure(problem.sample.shape[0], problem.sample.shape[0])
+        n = sample_count(problem.sample)
+        self.configure(n, n)
 
     # -- plan ------------------------------------------------------------------------------
 
     def _plan_key(self) -> tuple[Any, ...]:
         p = self.problem
         sig = tuple((k, tuple(v.shape), v.dtype, str(v.device)) for k, v in p.params.items())
-        return (_model_identity(p), sig, tuple(p.sample.shape[1:]), p.sample.dtype, p.norm_mode)
+        return (_model_identity(p), sig, input_signature(p.sample), p.norm_mode)
 
     def _plan(self, rebuild: bool = False) -> _Plan:
         key = self._plan_key()
@@ -369,32 +380,34 @@ class Structured:
             else:
                 per_sample += layer.positions * (layer.d_in + o * layer.d_out)
                 temps = max(temps, _layer_costs(layer, b1, b2, o, self.pairs)[_GRAM][1])
-        block = 2 * b1 * b2 * self.pairs
+        block = (3 if self.selected else 2) * b1 * b2 * self.pairs
         return int((building + (b1 + b2) * per_sample + temps + block) * self.problem.itemsize)
 
     # -- features --------------------------------------------------------------------------
 
-    def features(self, x: Tensor) -> _Features:
+    def features(self, data: Any) -> _Features:
+        """Features of a chunk of the target's data (inputs, or ``(inputs, weights)``)."""
         for attempt in range(3):
             try:
-                return self._features(x)
+                return self._features(data)
             except _PlanMismatchError:
                 if attempt == 2:
                     raise
                 self.plan = self._plan(rebuild=True)
-                self.configure(x.shape[0], x.shape[0])
+                n = sample_count(data)
+                self.configure(n, n)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _features(self, x: Tensor) -> _Features:
+    def _features(self, data: Any) -> _Features:
         p = self.problem
-        b, o = x.shape[0], self.outputs
+        x, w = self.target.split(data)
+        b, o = sample_count(x), self.outputs
         plan = self.plan
         grams: list[_Gram] = []
         parts: list[Tensor] = []
         if plan.layers:
             out, inputs, zeros, states = _hooked_forward(p, plan, x)
-            if self.pseudo:
-                out = out.sum(dim=1, keepdim=True) / math.sqrt(p.num_outputs)
+            out = self.target.apply(out, w)
             basis = torch.eye(o, dtype=out.dtype, device=out.device).unsqueeze(1).expand(o, b, o)
             order = list(zeros)
             cot = torch.autograd.grad(
@@ -418,24 +431,24 @@ class Structured:
                     parts.extend(v.reshape(b, o, -1) for v in g.values())
                 del deltas[i], inputs[i]
         if plan.fallback:
-            parts.append(self._fallback_jacobian(x))
+            parts.append(self._fallback_jacobian(data))
         small = [t for t in parts if t.shape[2] < _SMALL_PART]
         if len(small) > 1:
             parts = [t for t in parts if t.shape[2] >= _SMALL_PART] + [torch.cat(small, dim=2)]
         return _Features(parts, grams, b)
 
-    def _fallback_jacobian(self, x: Tensor) -> Tensor:
+    def _fallback_jacobian(self, data: Any) -> Tensor:
         """``(b, O, P_fallback)`` by ``vmap(jacrev)`` restricted to the fallback parameters."""
         p = self.problem
-        single = p.pseudo_single if self.pseudo else p.single
+        single = self.target.single
         keys = self.plan.fallback
         sub = {k: p.params[k] for k in keys}
 
-        def f(q: dict[str, Tensor], xi: Tensor) -> Tensor:
-            return single({**p.params, **q}, xi)
+        def f(q: dict[str, Tensor], di: Any) -> Tensor:
+            return single({**p.params, **q}, di)
 
-        jac = vmap(jacrev(f), in_dims=(None, 0))(sub, x)
-        b = x.shape[0]
+        jac = p.map_samples(lambda di: jacrev(f)(sub, di), data)
+        b = sample_count(data)
         return torch.cat([jac[k].reshape(b, self.outputs, -1) for k in keys], dim=2)
 
     # -- contraction -----------------------------------------------------------------------
@@ -626,7 +639,7 @@ _OVERRIDDEN = (
 
 def _build_plan(problem: Problem) -> _Plan:
     xs = problem.sample
-    b = xs.shape[0]
+    b = sample_count(xs)
     params = problem.params
     key_of = {id(t): k for k, t in params.items()}
     calls: list[_Call] = []
@@ -711,7 +724,7 @@ def _verified(problem: Problem, plan: _Plan) -> list[_Layer]:
     dtype = problem.dtype
     gen = torch.Generator().manual_seed(1234)  # never the global RNG
     u = torch.randn(1, problem.num_outputs, generator=gen, dtype=torch.float64).to(
-        dtype=dtype, device=xs.device
+        dtype=dtype, device=problem.device
     )
     try:
         out, inputs, zeros, states = _hooked_forward(problem, plan, xs)
@@ -726,7 +739,10 @@ def _verified(problem: Problem, plan: _Plan) -> list[_Layer]:
     cot = torch.autograd.grad(out, [zeros[i] for i in order], grad_outputs=cot_out, allow_unused=True)
     deltas = {i: (torch.zeros_like(zeros[i]) if g is None else g) for i, g in zip(order, cot, strict=True)}
     keys = [k for layer in plan.layers for k in layer.attrs.values()]
-    _, vjp_fn = vjp(lambda q: problem.batched({**params, **q}, xs[:1]), {k: params[k] for k in keys})
+    _, vjp_fn = vjp(
+        lambda q: problem.batched({**params, **q}, index_samples(xs, slice(0, 1))),
+        {k: params[k] for k in keys},
+    )
     (truth,) = vjp_fn(u)
     rtol = 1e-3 if dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-8
     kept = []

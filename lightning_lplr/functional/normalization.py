@@ -54,13 +54,20 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
-from lightning_lplr.functional._problem import ModelFn, full_precision, trainable_params
+from lightning_lplr.functional._problem import (
+    Inputs,
+    ModelFn,
+    as_inputs,
+    call_module,
+    full_precision,
+    sample_count,
+    trainable_params,
+)
 
 __all__ = ["NormMode", "NormStatistics", "probe_statistics", "with_norm_mode"]
 
@@ -179,7 +186,7 @@ class NormOverride:
             The wrapped function, same signature.
         """
 
-        def wrapped(params: dict[str, Tensor], x: Tensor) -> Any:
+        def wrapped(params: dict[str, Tensor], x: Inputs) -> Any:
             with self.active():
                 return call(params, x)
 
@@ -311,7 +318,7 @@ def check_eval_mode(module: nn.Module) -> None:
 
 
 def probe_statistics(
-    model: nn.Module | ModelFn, x: Tensor, *, params: Mapping[str, Tensor] | None = None
+    model: nn.Module | ModelFn, x: Inputs, *, params: Mapping[str, Tensor] | None = None
 ) -> NormStatistics:
     """Batch statistics of every batch-normalisation layer on the batch ``x`` (the ``"probe"`` mode's).
 
@@ -328,7 +335,9 @@ def probe_statistics(
 
     Args:
         model: an ``nn.Module`` or a callable ``f(params, x)`` (then ``params`` is required).
-        x: the batch, shape ``(m, *input_shape)``; for a BatchNorm over features alone
+        x: the batch, shape ``(m, *input_shape)``, or a tuple/list/dict of such tensors (passed
+            to a module as positional or keyword arguments, as in
+            :func:`~lightning_lplr.functional.empirical_ntk`); for a BatchNorm over features alone
             (``BatchNorm1d`` on ``(m, C)``) ``m >= 2``.
         params: parameters to evaluate at (for a module: overriding its trainable parameters,
             names as in ``named_parameters``); ``None`` for the module's own.
@@ -339,7 +348,8 @@ def probe_statistics(
 
     Raises:
         ValueError: ``params`` missing for a callable.
-        TypeError: ``model`` is neither a module nor a callable, or ``x`` is not a tensor.
+        TypeError: ``model`` is neither a module nor a callable, or ``x`` is not a tensor (or a
+            pytree of tensors).
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -356,14 +366,13 @@ def probe_statistics(
         >>> int(net[1].num_batches_tracked)  # running statistics untouched
         0
     """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a tensor of shape (m, *input_shape); got {type(x).__name__}.")
+    x = as_inputs(x, "x")
     if isinstance(model, nn.Module):
         module = model
         p = dict(trainable_params(module) if params is None else params)
 
-        def call(q: dict[str, Tensor], xb: Tensor) -> Any:
-            return functional_call(module, q, (xb,))
+        def call(q: dict[str, Tensor], xb: Inputs) -> Any:
+            return call_module(module, q, xb)
 
     elif callable(model):
         if params is None:
@@ -378,7 +387,7 @@ def probe_statistics(
     with torch.no_grad(), full_precision():
         override.wrap(call)({k: v.detach() for k, v in p.items()}, x)
     return NormStatistics(
-        tuple(override.collected_means), tuple(override.collected_variances), num_samples=int(x.shape[0])
+        tuple(override.collected_means), tuple(override.collected_variances), num_samples=sample_count(x)
     )
 
 
@@ -427,6 +436,7 @@ def with_norm_mode(
         ``f(params, x)`` with the override active during each call.
 
     Example:
+        >>> from torch.func import functional_call
         >>> _ = torch.manual_seed(0)
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).eval()
         >>> x = torch.randn(8, 3)
