@@ -863,3 +863,33 @@ def test_sub_monitors_take_only_their_own_arguments():
 def test_every_argument_is_checked_in_init(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LPLRMonitor(**kwargs)
+
+
+def test_a_failing_ntk_backs_off_exponentially_over_scheduled_steps(monkeypatch):
+    """Retried only at scheduled steps: the next after one failure, then skipping 1, 3, ... of them."""
+    import lightning_lplr.callbacks._ntk_part as mod
+
+    attempts = []
+
+    def always_fails(*args, **kwargs):
+        attempts.append(1)
+        raise RuntimeError("no NTK for this model")
+
+    monkeypatch.setattr(mod, "empirical_ntk", always_fails)
+    x, y = regression_data(n=16)
+    monitor = NTKMonitor(ntk_every=2, probe_size=4)
+    steps = []
+    original = monitor._ntk.sample
+
+    def spy(pl_module, step, *args, **kwargs):
+        steps.append(step)
+        return original(pl_module, step, *args, **kwargs)
+
+    monitor._ntk.sample = spy
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(max_steps=40))
+    with pytest.warns(LPLRWarning, match="ntk_error"):
+        trainer.fit(SmallNet(), loader(x, y))
+    assert trainer.global_step == 40
+    # Scheduled steps 0, 2, 4, ...: tries at 0, 2 (next), 6 (skip 1), 14 (skip 3), 30 (skip 7).
+    assert steps == [0, 2, 6, 14, 30]
+    assert monitor.skipped["ntk_error"] == 5 == len(attempts)

@@ -81,6 +81,8 @@ class NTKPart:
         self._call: ModelCall | None = None
         self._half = False
         self._kernel_eigs: Tensor | None = None
+        self._failures = 0
+        self._backoff = 0
         self.quantities.reset()
 
     @property
@@ -93,12 +95,28 @@ class NTKPart:
 
     # ------------------------------------------------------------------ schedule and setup
     def wants(self, step: int) -> bool:
-        """Whether to sample at ``step`` (the first sample of a run is always taken)."""
+        """Whether to sample at ``step``: a scheduled step (and the first step of a fit), with back-off.
+
+        A failed sample is retried only at a later scheduled step: the next one after the first
+        failure, then skipping 1, 3, 7, … scheduled steps after 2, 3, 4, … failures in a row
+        (exponential back-off), so a model on which the NTK cannot be computed costs a handful of
+        attempts, not one per step.
+        """
         if step == self.last_step:
             return False
         if self.with_kernel:
-            return self.kernel0 is None or bool(self.schedule(step))
-        return self.config.loss_fn is not None and bool(self.schedule(step))
+            candidate = bool(self.schedule(step)) or (self.kernel0 is None and self.last_step < 0)
+        else:
+            candidate = self.config.loss_fn is not None and bool(self.schedule(step))
+        if candidate and self._backoff > 0:
+            self._backoff -= 1
+            return False
+        return candidate
+
+    def _failed(self, failed: bool) -> None:
+        """Record whether the sample just taken failed (sets the back-off of :meth:`wants`)."""
+        self._failures = self._failures + 1 if failed else 0
+        self._backoff = 2 ** (self._failures - 1) - 1 if failed else 0
 
     def on_train_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, collective: Collective
@@ -202,6 +220,7 @@ class NTKPart:
             except Exception as err:  # the user's run must go on, whatever the sample hit (OOM included)
                 error = err
             if any_failed(collective, error is not None, pl_module.device):
+                self._failed(True)
                 error = error or RuntimeError("the NTK sample failed on another rank")
                 return self.journal.skip(
                     "ntk_error", f"the NTK sample raised {type(error).__name__}: {error}"
@@ -227,6 +246,7 @@ class NTKPart:
                 )
             if self.with_kernel:
                 metrics.update(self._guarded(lambda: self._linearization(params, outputs)))
+        self._failed(self.with_kernel and self.eigenvalues is None)  # no spectrum: the kernel failed
         metrics["cost/ntk_seconds"] = time.perf_counter() - started
         return metrics
 
