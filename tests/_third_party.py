@@ -151,7 +151,15 @@ class CausalLM(pl.LightningModule):
         from transformers import GPT2Config, GPT2LMHeadModel
 
         self.save_hyperparameters()
-        config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=vocab_size, n_positions=32)
+        config = GPT2Config(
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            vocab_size=vocab_size,
+            n_positions=32,
+            bos_token_id=vocab_size - 1,  # GPT-2's own 50256 lies outside the tiny vocabulary
+            eos_token_id=vocab_size - 1,
+        )
         self.model = GPT2LMHeadModel(config)  # lm_head.weight is tied to transformer.wte.weight
 
     def forward(self, **inputs):
