@@ -190,8 +190,14 @@ def _assert_logged_finite(
     """The NTK keys at ``ntk_steps`` and the step keys at ``step_count`` steps, each logged and finite."""
     context = f"monitor warnings: {fit.warnings}; keys logged: {sorted(k for k in fit.logged if 'lplr' in k)}"
     required: dict[str, int] = {}
+    # A kernel that does not fit the memory budget falls back to the pseudo kernel, under its own keys.
+    head = (
+        "ntk/"
+        if "lplr/ntk/lambda_min" in fit.logged or "lplr/ntk_pseudo/lambda_min" not in fit.logged
+        else "ntk_pseudo/"
+    )
     if ntk_steps is not None:
-        required.update({key: len(ntk_steps) for key in NTK_KEYS})
+        required.update({key.replace("ntk/", head): len(ntk_steps) for key in NTK_KEYS})
     if step_count is not None:
         required.update({key: step_count for key in STEP_KEYS})
         if rate:
@@ -202,11 +208,11 @@ def _assert_logged_finite(
         bad = [(s, v) for s, v in points if not math.isfinite(v)]
         assert not bad, f"lplr/{key} has non-finite values at (step, value) {bad[:5]}. {context}"
     if ntk_steps is not None:
-        steps = sorted({s for s, _ in fit.logged.get("lplr/ntk/lambda_max", [])})
+        steps = sorted({s for s, _ in fit.logged.get(f"lplr/{head}lambda_max", [])})
         assert steps[: len(ntk_steps)] == list(ntk_steps), (
             f"NTK sampled at steps {steps}, expected {ntk_steps}"
         )
-        assert len(fit.logged.get("lplr/ntk/condition_number", [])) >= len(ntk_steps), context
+        assert len(fit.logged.get(f"lplr/{head}condition_number", [])) >= len(ntk_steps), context
     fit_skips = {k: v for k, v in fit.logged.items() if k.startswith("lplr/skipped/")}
     assert not fit_skips.get("lplr/skipped/ntk_error"), f"NTK samples were skipped: {fit_skips}. {context}"
 
@@ -484,7 +490,8 @@ def test_gan_generator_probe_that_does_not_fit_forward_is_a_configuration_error(
             callbacks=(counter,),
         )
     assert counter.batches == 0, f"the error came after {counter.batches} training batches, not at the start"
-    assert "mat1 and mat2" not in str(info.value), str(info.value)
+    # The model's own error is quoted as the cause, after the fix that names the arguments.
+    assert str(info.value).startswith("LPLRMonitor cannot run GAN.forward on the probe"), str(info.value)
 
 
 # ============================================================================ training configurations
@@ -511,14 +518,21 @@ def test_gan_manual_optimization_with_latent_probe(tmp_path):
 
 @pytest.mark.slow
 def test_manual_optimization_two_optimizers_one_objective(tmp_path):
-    """Manual optimization, SGD on the body and Adam on the head of one loss, loss returned."""
+    """Manual optimization, SGD on the body and Adam on the head of one loss, loss returned.
+
+    One returned loss cannot be paired with two optimizers' gradients: the step PL ratio is absent,
+    counted under skipped/several_optimizers, never a sum over unrelated gradients.
+    """
     x, y = tp.small_images()
     monitored, reference = _pair(
         tp.TwoOptimizerMLP, lambda: _loader(TensorDataset(x, y)), tmp_path, max_steps=2 * STEPS
     )
-    _assert_logged_finite(monitored, ntk_steps=(0, 10), step_count=STEPS)
+    _assert_logged_finite(monitored, ntk_steps=(0, 10), step_count=None)
     _assert_bit_identical(monitored, reference)
-    _assert_step_values(monitored, expected_steps=list(range(0, 2 * STEPS, 2)))
+    gaps = dict(monitored.logged["lplr/pl/gap"])
+    assert sorted(gaps) == list(range(0, 2 * STEPS, 2))
+    assert "lplr/pl/ratio_step" not in monitored.logged
+    assert monitored.logged["lplr/skipped/several_optimizers"][-1][1] == STEPS
 
 
 @pytest.mark.slow

@@ -66,7 +66,7 @@ class Collective(Protocol):
         ...
 
     def all_reduce(self, tensor: Tensor, op: str = "sum") -> Tensor:
-        """``op`` in ``"sum"``, ``"mean"``, ``"max"`` of every rank's tensor."""
+        """``op`` in ``"sum"``, ``"mean"``, ``"max"``, ``"min"`` of every rank's tensor."""
         ...
 
 
@@ -104,6 +104,8 @@ class StrategyCollective:
     def all_reduce(self, tensor: Tensor, op: str = "sum") -> Tensor:
         if op == "max":
             return self.all_gather(tensor).amax(dim=0)
+        if op == "min":
+            return self.all_gather(tensor).amin(dim=0)
         return self.strategy.reduce(tensor, reduce_op=op)
 
 
@@ -182,6 +184,8 @@ class _Member:
             return stacked.sum(dim=0)
         if op == "mean":
             return stacked.mean(dim=0)
+        if op == "min":
+            return stacked.amin(dim=0)
         return stacked.amax(dim=0)
 
 

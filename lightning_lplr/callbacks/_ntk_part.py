@@ -23,16 +23,17 @@ import torch
 from torch import Tensor, nn
 
 from lightning_lplr.callbacks._checkpoint import moved, plain, unplain
-from lightning_lplr.callbacks._collective import Collective, any_failed, gather_rows, shards, split_spectra
+from lightning_lplr.callbacks._collective import Collective, any_failed, split_spectra
 from lightning_lplr.callbacks._config import NTKConfig
 from lightning_lplr.callbacks._isolation import compute_context, float32_state, preserved
 from lightning_lplr.callbacks._journal import Journal
-from lightning_lplr.callbacks._model_call import ModelCall, cache_off
+from lightning_lplr.callbacks._kernel import gathered, kernel_block, plan_kernel, sequence_mask
+from lightning_lplr.callbacks._model_call import ModelCall, cache_off, tree_map
 from lightning_lplr.callbacks._probe_quantities import ProbeQuantities, parameter_gradient
 from lightning_lplr.callbacks._step_parts import GapSeries
 from lightning_lplr.callbacks.probe import Probe, training_probe
 from lightning_lplr.functional.normalization import probe_statistics, with_norm_mode
-from lightning_lplr.functional.ntk import empirical_ntk, trainable_params
+from lightning_lplr.functional.ntk import trainable_params
 from lightning_lplr.functional.objective import output_gradient
 from lightning_lplr.functional.region import parameter_distance, region_estimate, relative_drift
 from lightning_lplr.functional.spectrum import kernel_distance, spectrum_from_eigenvalues
@@ -83,6 +84,11 @@ class NTKPart:
         self._kernel_eigs: Tensor | None = None
         self._failures = 0
         self._backoff = 0
+        self.kind = self.config.kind
+        """The kernel kind sampled: the configured one, unless it does not fit the memory budget."""
+        self.chunk_size = self.config.chunk_size
+        self.mask: Tensor | None = None
+        """``(m, L)`` kept positions of sequence outputs (padding, ignored labels out), or ``None``."""
         self.quantities.reset()
 
     @property
@@ -130,6 +136,8 @@ class NTKPart:
             )
         self.probe = self.probe.to(device, float32=self._half)
         self._check_model(pl_module)
+        if self.with_kernel:
+            self._plan(pl_module, collective)
         if self.theta0 is None:
             self.theta0 = {k: v.clone() for k, v in float32_state(params).items()}
             self.state0 = self._reference_state(pl_module)
@@ -138,6 +146,33 @@ class NTKPart:
             self.state0 = moved(self.state0, device)
         if self.kernel0 is not None:
             self.kernel0 = self.kernel0.to(device)
+
+    def _plan(self, pl_module: pl.LightningModule, collective: Collective) -> None:
+        """Which outputs count (sequence masks) and which kernel fits the memory budget; said once."""
+        assert self.probe is not None and self._call is not None
+        params = self._params(pl_module)
+        with preserved(pl_module), torch.no_grad(), compute_context(pl_module), cache_off(pl_module):
+            pl_module.eval()
+            outputs = self._call(params, self.probe.x)
+            self.mask = sequence_mask(self.probe, outputs)
+            try:
+                plan = plan_kernel(
+                    self.config, self._call, self.probe, params, self.mask, collective, pl_module.device
+                )
+            except ValueError as err:  # not even two samples fit: monitor without a kernel
+                self.with_kernel = False
+                self.journal.warn_once(
+                    "ntk_memory", f"{self.journal.owner} samples no NTK in this run: {err}"
+                )
+                return
+        self.kind, self.chunk_size = plan.kind, plan.chunk_size
+        if plan.probe_size < self.probe.size:
+            self.probe = Probe(
+                self.probe.rows(slice(0, plan.probe_size)), _rows(self.probe.y, plan.probe_size)
+            )
+            self.mask = None if self.mask is None else self.mask[: plan.probe_size]
+        if plan.reason:
+            self.journal.warn_once("ntk_memory", f"{self.journal.owner}: {plan.reason}.")
 
     def bind(self, pl_module: nn.Module) -> dict[str, Tensor]:
         """Call ``pl_module`` from now on (float32 copies of buffers under half precision); its parameters."""
@@ -212,11 +247,14 @@ class NTKPart:
                 if config.norm_mode == "probe":
                     statistics = probe_statistics(self._call, x, params=params)
                 fn = with_norm_mode(self._call, config.norm_mode, statistics)
-                block = self._kernel_block(params, collective, statistics) if self.with_kernel else None
                 with torch.no_grad():
                     outputs = fn(params, x)
                 if config.loss_fn is not None and y is not None:
                     loss, g = output_gradient(config.loss_fn, outputs, y)
+                if self.with_kernel:
+                    block = kernel_block(
+                        self._call, self.probe, params, collective, self._settings(), statistics, g
+                    )
             except Exception as err:  # the user's run must go on, whatever the sample hit (OOM included)
                 error = err
             if any_failed(collective, error is not None, pl_module.device):
@@ -226,21 +264,35 @@ class NTKPart:
                     "ntk_error", f"the NTK sample raised {type(error).__name__}: {error}"
                 )
             assert outputs is not None
-            kernel = None if block is None else self._gathered(block, collective)
+            kernel = None if block is None else gathered(block, collective, self.probe.size, config.norm_mode)
             metrics: dict[str, float] = {}
             if kernel is not None:
                 metrics.update(self._kernel_metrics(kernel, params, collective))
-            full = kernel is not None and config.kind == "full" and self._kernel_eigs is not None
+            full = kernel is not None and self.kind == "full" and self._kernel_eigs is not None
             if config.loss_fn is not None and y is None:
                 self.journal.warn_once(
                     "no_targets", "loss_fn is set but the probe has no targets; pass target_fn=."
                 )
             elif loss is not None and g is not None:
                 full_kernel = kernel if full else None
+                self.probe_losses.append((step, loss))
+                loss_star = self.gaps.star(self.probe_losses)
                 metrics.update(
                     self._guarded(
-                        lambda: self._loss_metrics(
-                            step, lr, loss_pred, full_kernel, fn, params, outputs, loss, g
+                        lambda: self.quantities.loss_metrics(
+                            step=step,
+                            lr=lr,
+                            loss_pred=loss_pred,
+                            kernel=full_kernel,
+                            eigenvalues=self._kernel_eigs,
+                            grad_norm_sq=parameter_gradient(fn, params, x, y, config.loss_fn),
+                            targets=y,
+                            loss_fn=config.loss_fn,
+                            outputs=outputs,
+                            loss=loss,
+                            g=g,
+                            loss_star=loss_star,
+                            mask=self.mask,
                         )
                     )
                 )
@@ -259,74 +311,17 @@ class NTKPart:
                 "ntk_error", f"a quantity of the NTK sample raised {type(err).__name__}: {err}"
             )
 
-    def _loss_metrics(
-        self,
-        step: int,
-        lr: float,
-        loss_pred: str | None,
-        kernel: Tensor | None,
-        fn: Any,
-        params: dict[str, Tensor],
-        outputs: Tensor,
-        loss: float,
-        g: Tensor,
-    ) -> dict[str, float]:
-        """Probe PL ratio and ``μ_NTK``; with the full kernel ``β``, ``η·β`` and the kernel-predicted loss."""
-        assert self.probe is not None and self.config.loss_fn is not None
-        x, y, loss_fn = self.probe.x, self.probe.y, self.config.loss_fn
-        self.probe_losses.append((step, loss))
-        metrics = self.quantities.pl_metrics(
-            step=step,
-            loss=loss,
-            g=g,
-            loss_star=self.gaps.star(self.probe_losses),
-            kernel=kernel,
-            eigenvalues=self._kernel_eigs if kernel is not None else None,
-            grad_norm_sq=parameter_gradient(fn, params, x, y, loss_fn),
-        )
-        if kernel is not None:
-            metrics.update(self.quantities.curvature(kernel, outputs, y, loss_fn, lr))
-            prediction = self.quantities.predicted_loss(
-                step=step,
-                reason=loss_pred,
-                kernel=kernel,
-                outputs=outputs,
-                targets=y,
-                loss_fn=loss_fn,
-                loss=loss,
-            )
-            metrics.update(prediction)
-        return metrics
-
-    def _kernel_block(self, params: dict[str, Tensor], collective: Collective, statistics: Any) -> Tensor:
-        """This rank's rows of the probe kernel against the whole probe (all of it in one process)."""
-        assert self.probe is not None and self._call is not None
+    def _settings(self) -> dict[str, Any]:
+        """How the kernel is computed: the planned kind and chunking, the configured rest."""
         config = self.config
-        kwargs: dict[str, Any] = {
-            "params": params,
-            "kind": config.kind,
+        return {
+            "kind": self.kind,
             "implementation": config.implementation,
-            "chunk_size": config.chunk_size,
+            "chunk_size": self.chunk_size,
             "max_memory_bytes": config.max_memory_bytes,
             "norm_mode": config.norm_mode,
+            "mask": self.mask,
         }
-        if self._whole(collective):
-            return empirical_ntk(self._call, self.probe.x, **kwargs)
-        rows, _ = shards(self.probe.size, collective.world_size)[collective.rank]
-        if statistics is not None:
-            kwargs["norm_statistics"] = statistics
-        return empirical_ntk(self._call, self.probe.rows(rows), self.probe.x, **kwargs)
-
-    def _whole(self, collective: Collective) -> bool:
-        """One process, or ``norm_mode='train'`` (a batch Jacobian, not sharded): each rank computes all."""
-        return collective.world_size == 1 or self.config.norm_mode == "train"
-
-    def _gathered(self, block: Tensor, collective: Collective) -> Tensor:
-        """The whole kernel in float64 on every rank (rows gathered in their own dtype, then widened)."""
-        assert self.probe is not None
-        if self._whole(collective):
-            return block.to(torch.float64)
-        return gather_rows(collective, block, self.probe.size).to(torch.float64)
 
     def _spectra(self, collective: Collective, kernel: Tensor) -> tuple[Tensor, float]:
         """Eigenvalues of ``K`` and ``‖K − K_0‖₂`` (split over ranks 0 and 1, see :func:`split_spectra`)."""
@@ -351,7 +346,7 @@ class NTKPart:
             self.lambda_min0, self.lambda_max0 = stats.lambda_min, stats.lambda_max
         # ‖Θ_0‖₂ = max |λ(Θ_0)|: the extreme eigenvalues of the first sample, kept.
         norm0 = max(abs(self.lambda_min0), abs(self.lambda_max0))
-        head = KIND_PREFIXES[self.config.kind]
+        head = KIND_PREFIXES[self.kind]
         metrics = {
             head + "lambda_min": stats.lambda_min,
             head + "lambda_max": stats.lambda_max,
@@ -362,7 +357,7 @@ class NTKPart:
             head + "drift_fro": kernel_distance(kernel, self.kernel0, norm="fro"),
             "param/drift": parameter_distance(params, self.theta0),
         }
-        if self.config.kind == "full":
+        if self.kind == "full":
             region = region_estimate(self.lambda_min0, distance / m, metrics["param/drift"], self.lipschitz)
             self.lipschitz = region.lipschitz
             metrics.update(
@@ -414,3 +409,8 @@ class NTKPart:
         self.probe_losses = deque(state.get("probe_losses", []), maxlen=self.gaps.window.maxlen)
         self.last_step = state.get("last_ntk_step", -1)
         self.quantities.load_state_dict(state.get("quantities", state))
+
+
+def _rows(value: Any, n: int) -> Any:
+    """The first ``n`` rows of a tensor / pytree (``None`` stays ``None``)."""
+    return None if value is None else tree_map(lambda t: t[:n], value)

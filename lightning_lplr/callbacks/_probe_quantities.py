@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from lightning_lplr.callbacks._journal import Journal
+from lightning_lplr.callbacks._kernel import kept_loss
 from lightning_lplr.functional.curvature import (
     KernelLossModel,
     gauss_newton_sharpness,
@@ -55,6 +56,57 @@ class ProbeQuantities:
         self._pending_lrs: list[float] = []
 
     # ------------------------------------------------------------------ loss and PL
+    def loss_metrics(
+        self,
+        *,
+        step: int,
+        lr: float,
+        loss_pred: str | None,
+        kernel: Tensor | None,
+        eigenvalues: Tensor | None,
+        grad_norm_sq: Any,
+        targets: Any,
+        loss_fn: Any,
+        outputs: Tensor,
+        loss: float,
+        g: Tensor,
+        loss_star: float,
+        mask: Tensor | None,
+    ) -> dict[str, float]:
+        """Probe PL ratio and ``μ_NTK``; with the full kernel ``β``, ``η·β`` and the kernel-predicted loss.
+
+        With a sequence ``mask`` the full kernel holds the kept outputs only: ``g``, the outputs and
+        the loss are restricted to them (masked outputs held at their values).
+        """
+        flat = None if mask is None else _flat_mask(mask, outputs)
+        kept_g = g.reshape(-1) if flat is None else g.reshape(-1)[flat]
+        metrics = self.pl_metrics(
+            step=step,
+            loss=loss,
+            g=kept_g,
+            loss_star=loss_star,
+            kernel=kernel,
+            eigenvalues=eigenvalues if kernel is not None else None,
+            grad_norm_sq=grad_norm_sq,
+        )
+        if kernel is None:
+            return metrics
+        kept_outputs, kept_fn = outputs, loss_fn
+        if flat is not None:
+            kept_outputs, kept_fn = outputs.reshape(-1)[flat], kept_loss(loss_fn, outputs, flat)
+        metrics.update(self.curvature(kernel, kept_outputs, targets, kept_fn, lr))
+        prediction = self.predicted_loss(
+            step=step,
+            reason=loss_pred,
+            kernel=kernel,
+            outputs=kept_outputs,
+            targets=targets,
+            loss_fn=kept_fn,
+            loss=loss,
+        )
+        metrics.update(prediction)
+        return metrics
+
     def pl_metrics(
         self,
         *,
@@ -193,3 +245,9 @@ def _cpu(value: Any) -> Any:
 def parameter_gradient(fn: Any, params: dict[str, Tensor], inputs: Any, targets: Any, loss_fn: Any) -> Any:
     """A thunk for ``‖∇_θ L‖²`` on the probe by autograd (kernels other than the full one)."""
     return lambda: parameter_gradient_norm_sq(fn, params, inputs, targets, loss_fn)
+
+
+def _flat_mask(mask: Tensor, outputs: Tensor) -> Tensor:
+    """The ``(m, L)`` position mask broadcast over the outputs and flattened (sample-major)."""
+    shape = mask.shape + (1,) * (outputs.ndim - mask.ndim)
+    return mask.reshape(shape).expand(outputs.shape).reshape(-1)

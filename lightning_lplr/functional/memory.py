@@ -519,8 +519,10 @@ def default_budget(device: torch.device | str, fraction: float = DEFAULT_BUDGET_
 
     CUDA: ``torch.cuda.mem_get_info`` free memory plus what PyTorch's caching allocator holds
     reserved but unallocated (``memory_reserved − memory_allocated``, reusable without the
-    driver). CPU: ``MemAvailable`` of ``/proc/meminfo``. See :data:`DEFAULT_BUDGET_FRACTION` for
-    the default fraction.
+    driver). CPU: ``MemAvailable`` of ``/proc/meminfo``, capped by what the process may still
+    map under its address-space limit (``RLIMIT_AS`` minus ``VmSize``) and by its cgroup's
+    ``memory.max − memory.current`` (containers, batch schedulers). See
+    :data:`DEFAULT_BUDGET_FRACTION` for the default fraction.
 
     Args:
         device: the device the kernel is computed on.
@@ -539,5 +541,41 @@ def default_budget(device: torch.device | str, fraction: float = DEFAULT_BUDGET_
     """
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise ValueError(f"fraction={fraction!r} must be a number in (0, 1], e.g. {DEFAULT_BUDGET_FRACTION}.")
-    available = ntk._available_memory(torch.device(device))
+    dev = torch.device(device)
+    available = ntk._available_memory(dev)
+    if dev.type != "cuda":
+        limits = [v for v in (available, _address_space_left(), _cgroup_left()) if v is not None]
+        available = min(limits) if limits else None
     return None if available is None else int(available * fraction)
+
+
+def _address_space_left() -> int | None:
+    """``RLIMIT_AS`` (soft) minus the process's current ``VmSize``; ``None`` when unlimited or unknown."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY or limit < 0:
+            return None
+        with open("/proc/self/status") as fh:
+            size = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+        return max(limit - size, 0)
+    except (ImportError, OSError, ValueError, StopIteration):
+        return None
+
+
+def _cgroup_left() -> int | None:
+    """The cgroup v2 ``memory.max − memory.current`` of this process; ``None`` without a limit."""
+    try:
+        with open("/proc/self/cgroup") as fh:
+            path = next(line.strip().split(":", 2)[2] for line in fh if line.startswith("0::"))
+        base = f"/sys/fs/cgroup{path}"
+        with open(f"{base}/memory.max") as fh:
+            text = fh.read().strip()
+        if text == "max":
+            return None
+        with open(f"{base}/memory.current") as fh:
+            current = int(fh.read().strip())
+        return max(int(text) - current, 0)
+    except (OSError, ValueError, StopIteration):
+        return None

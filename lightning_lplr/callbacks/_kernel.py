@@ -1,0 +1,188 @@
+"""The probe kernel of a sample: which kind fits the memory budget, which outputs count, how ranks share it.
+
+* :func:`plan_kernel` estimates the kernel's, the Jacobian's and ``Θ₀``'s bytes from the probe,
+  the output size and the parameter count (:func:`~lightning_lplr.functional.plan_ntk_memory`)
+  against a budget — ``max_memory_bytes``, else a fraction of the device's free memory
+  (:func:`~lightning_lplr.functional.default_budget`); under DDP the smallest over the ranks, so
+  every rank picks the same kind — and falls back full → pseudo → chunked pseudo → fewer probe
+  samples, saying once which kind it uses and why.
+* :func:`sequence_mask`: for sequence outputs ``(m, L, …)``, positions that are padding
+  (``attention_mask == 0`` in a dict probe) or ignored labels (``-100``) are left out of the
+  kernel. To monitor one position's logits instead, pass ``output_fn=lambda out: out.logits[:, -1]``.
+* :func:`kept_loss`: the loss as a function of the kept outputs only (masked outputs held at
+  their values), so curvature and PL bounds match the masked kernel's rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_lplr.callbacks._collective import Collective, gather_rows, shards
+from lightning_lplr.callbacks.probe import Probe
+from lightning_lplr.functional.memory import (
+    default_budget,
+    format_bytes,
+    measure_ntk_problem,
+    plan_ntk_memory,
+)
+from lightning_lplr.functional.ntk import empirical_ntk
+
+__all__ = ["KernelPlan", "gathered", "kept_loss", "kernel_block", "plan_kernel", "sequence_mask"]
+
+IGNORE_INDEX = -100
+"""The label value PyTorch's and HuggingFace's losses ignore."""
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """What the NTK part computes for this run."""
+
+    kind: str
+    chunk_size: int | None
+    probe_size: int
+    max_memory_bytes: int | None
+    reason: str
+
+
+def sequence_mask(probe: Probe, outputs: Tensor) -> Tensor | None:
+    """The ``(m, L)`` mask of the kept positions of sequence outputs, or ``None`` (nothing to mask).
+
+    Example:
+        >>> mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+        >>> probe = Probe({"input_ids": torch.zeros(2, 3), "attention_mask": mask})
+        >>> sequence_mask(probe, torch.zeros(2, 3, 5)).tolist()
+        [[True, True, False], [True, True, True]]
+    """
+    m = probe.size
+    if outputs.ndim < 3 or outputs.shape[0] != m:
+        return None
+    mask: Tensor | None = None
+    x, y = probe.x, probe.y
+    attention = x.get("attention_mask") if isinstance(x, Mapping) else None
+    if isinstance(attention, Tensor) and attention.shape == outputs.shape[:2]:
+        mask = attention != 0
+    if isinstance(y, Tensor) and not y.is_floating_point() and y.shape == outputs.shape[:2]:
+        labelled = y != IGNORE_INDEX
+        mask = labelled if mask is None else mask & labelled
+    if mask is None or bool(mask.all()):
+        return None
+    return mask.to(outputs.device)
+
+
+def kept_loss(
+    loss_fn: Callable[[Tensor, Any], Tensor], outputs: Tensor, flat_mask: Tensor
+) -> Callable[[Tensor, Any], Tensor]:
+    """``loss_fn`` as a function of the kept outputs ``z`` (the others held at ``outputs``' values).
+
+    Example:
+        >>> out = torch.tensor([[1.0, 2.0]])
+        >>> f = kept_loss(lambda o, y: (o**2).sum(), out, torch.tensor([False, True]))
+        >>> float(f(torch.tensor([3.0]), None))
+        10.0
+    """
+    base = outputs.detach().reshape(-1)
+    index = flat_mask.reshape(-1).nonzero().squeeze(1)
+
+    def loss(z: Tensor, targets: Any) -> Tensor:
+        full = base.to(z.dtype).index_put((index,), z.reshape(-1))
+        return loss_fn(full.reshape(outputs.shape), targets)
+
+    return loss
+
+
+def plan_kernel(
+    config: Any,
+    call: Any,
+    probe: Probe,
+    params: dict[str, Tensor],
+    mask: Tensor | None,
+    collective: Collective,
+    device: torch.device,
+) -> KernelPlan:
+    """The kernel kind, chunking and probe size that fit the memory budget (the same on every rank).
+
+    Raises:
+        ValueError: not even two probe samples fit, one at a time (the message gives the estimate).
+    """
+    budget = config.max_memory_bytes or default_budget(device)
+    if collective.world_size > 1 and budget is not None:
+        budget = int(collective.all_reduce(torch.tensor(float(budget), device=device), "min"))
+    if budget is None:  # the free memory is unknown: compute what was asked
+        return KernelPlan(config.kind, config.chunk_size, probe.size, config.max_memory_bytes, "")
+    size = measure_ntk_problem(call, probe.x, params=params, output_mask=mask, norm_mode=config.norm_mode)
+    plan = plan_ntk_memory(
+        size, budget, kind=config.kind, implementation=config.implementation, norm_mode=config.norm_mode
+    )
+    chunk = config.chunk_size if config.chunk_size is not None else plan.chunk_size
+    reason = plan.reason if (plan.kind != config.kind or plan.probe_size < probe.size) else ""
+    if reason:
+        reason = f"{reason} (memory budget {format_bytes(budget)})"
+    return KernelPlan(plan.kind, chunk, plan.probe_size, config.max_memory_bytes, reason)
+
+
+def whole(collective: Collective, norm_mode: str) -> bool:
+    """One process, or ``norm_mode='train'`` (a batch Jacobian, not sharded): each rank computes all."""
+    return collective.world_size == 1 or norm_mode == "train"
+
+
+def kernel_block(
+    call: Any,
+    probe: Probe,
+    params: dict[str, Tensor],
+    collective: Collective,
+    settings: dict[str, Any],
+    statistics: Any,
+    g: Tensor | None,
+) -> Tensor:
+    """This rank's rows of the probe kernel against the whole probe (all of it in one process).
+
+    Args:
+        call: the model function ``f(params, inputs)``.
+        probe: the probe.
+        params: the parameters to differentiate.
+        collective: the process group.
+        settings: ``kind``, ``implementation``, ``chunk_size``, ``max_memory_bytes``, ``norm_mode``, ``mask``.
+        statistics: the whole probe's normalisation statistics (``norm_mode='probe'``).
+        g: ``∂L/∂f`` on the probe (the per-sample weights of ``kind='loss_gram'``).
+
+    Raises:
+        ValueError: ``kind='loss_gram'`` without ``g``.
+    """
+    kind, mask = settings["kind"], settings["mask"]
+    if kind == "loss_gram" and g is None:
+        raise ValueError("kind='loss_gram' needs loss_fn and probe targets (the per-sample loss gradients).")
+    kwargs: dict[str, Any] = {
+        "params": params,
+        "kind": kind,
+        "implementation": settings["implementation"],
+        "chunk_size": settings["chunk_size"],
+        "max_memory_bytes": settings["max_memory_bytes"],
+        "norm_mode": settings["norm_mode"],
+    }
+    weights = g if kind == "loss_gram" else None
+    if whole(collective, settings["norm_mode"]):
+        if mask is not None:
+            kwargs["output_mask"] = mask
+        if weights is not None:
+            kwargs["output_weights"] = weights
+        return empirical_ntk(call, probe.x, **kwargs)
+    rows, _ = shards(probe.size, collective.world_size)[collective.rank]
+    if statistics is not None:
+        kwargs["norm_statistics"] = statistics
+    if mask is not None:
+        kwargs.update(output_mask=mask[rows], output_mask2=mask)
+    if weights is not None:
+        kwargs.update(output_weights=weights[rows], output_weights2=weights)
+    return empirical_ntk(call, probe.rows(rows), probe.x, **kwargs)
+
+
+def gathered(block: Tensor, collective: Collective, m: int, norm_mode: str) -> Tensor:
+    """The whole kernel in float64 on every rank (rows gathered in their own dtype, then widened)."""
+    if whole(collective, norm_mode):
+        return block.to(torch.float64)
+    return gather_rows(collective, block, m).to(torch.float64)
