@@ -43,7 +43,7 @@ def test_mlp_fast_report_mentions_every_section(tmp_path):
         "PL lower envelope",
         "NTK:",
         "Parameter drift",
-        "Region certificate",
+        "Region estimate",
     ):
         assert phrase in result.report_text
     (run,) = result.report["runs"]

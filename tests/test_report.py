@@ -210,7 +210,7 @@ def test_csv_run_two_linear_spans_and_missing_keys(logs: Path, capsys: pytest.Ca
     assert run["pl"]["envelope_min_final"] == 1.9
     assert run["region"]["num_samples"] == 0 and run["region"]["inside_fraction"] is None
     assert run["param"]["drift_final"] is None
-    assert any("region certificate was not logged" in note for note in run["notes"])
+    assert any("region estimate was not logged" in note for note in run["notes"])
     assert any("parameter drift was not logged" in note for note in run["notes"])
 
 
@@ -240,7 +240,7 @@ def test_text_report_says_it_in_words(logs: Path, capsys: pytest.CaptureFixture[
     assert "NTK: smallest eigenvalue ntk/lambda_min between 0.7 and 1" in tb_block
     assert "linearly in 2 spans" in csv_block
     assert "steps 31 to 60: the gap shrinks by a factor 0.8 per step" in csv_block
-    assert "The region certificate was not logged (region/inside, region/mu_cert)." in csv_block
+    assert "The region estimate was not logged (region/inside, region/mu_cert)." in csv_block
     assert "The NTK drift was not logged (ntk/drift_op)." in csv_block
 
 

@@ -31,8 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_lplr.functional.rate import _as_float, _is_int
-from lightning_lplr.functional.spectrum import KernelLike, _as_float64_tensor, _square_kernel
+from lightning_lplr.functional._arrays import as_float
+from lightning_lplr.functional._checks import is_int
+from lightning_lplr.functional._tensors import as_float64_tensor, square_kernel
+from lightning_lplr.functional.spectrum import KernelLike
 
 __all__ = [
     "DENSE_MAX_SIZE",
@@ -300,9 +302,9 @@ def has_constant_hessian(
                 "output points of the same probe (or outputs_b=None for a perturbed outputs_a)."
             )
         flat_b = flat_b.to(flat_a.device)
-    if not _is_int(num_probes) or num_probes < 1:
+    if not is_int(num_probes) or num_probes < 1:
         raise ValueError(f"num_probes={num_probes!r} must be a positive integer (default 3).")
-    tol = math.sqrt(_EPS) if rtol is None else _as_float(rtol, "rtol")
+    tol = math.sqrt(_EPS) if rtol is None else as_float(rtol, "rtol")
     if not math.isfinite(tol) or tol < 0:
         raise ValueError(f"rtol={rtol!r} must be a finite number ≥ 0, or None for √ε ≈ 1.5e-8.")
     if not (bool(torch.isfinite(flat_a).all()) and bool(torch.isfinite(flat_b).all())):
@@ -346,8 +348,8 @@ def _check_kernel_eigh(kernel_eigh: Any, n: int, device: torch.device) -> tuple[
             "kernel_eigh must be a pair (eigenvalues, eigenvectors) as returned by "
             f"torch.linalg.eigh(kernel); got {type(kernel_eigh).__name__}."
         ) from None
-    s = _as_float64_tensor(evals, "kernel_eigh[0]").reshape(-1).to(device)
-    u = _as_float64_tensor(evecs, "kernel_eigh[1]").to(device)
+    s = as_float64_tensor(evals, "kernel_eigh[0]").reshape(-1).to(device)
+    u = as_float64_tensor(evecs, "kernel_eigh[1]").to(device)
     if s.shape != (n,) or u.shape != (n, n):
         raise ValueError(
             f"kernel_eigh has eigenvalues of shape {tuple(s.shape)} and eigenvectors of shape "
@@ -508,14 +510,14 @@ def gauss_newton_sharpness(
     """
     if method not in _METHODS:
         raise ValueError(f"method={method!r} is not one of {_METHODS}; 'auto' picks by size.")
-    tol_value = _as_float(tol, "tol")
+    tol_value = as_float(tol, "tol")
     if not math.isfinite(tol_value) or tol_value < 0:
         raise ValueError(f"tol={tol!r} must be a finite number ≥ 0 (default 1e-10).")
-    if not _is_int(max_iter) or max_iter < 1:
+    if not is_int(max_iter) or max_iter < 1:
         raise ValueError(f"max_iter={max_iter!r} must be a positive integer (default 300).")
-    if not _is_int(seed):
+    if not is_int(seed):
         raise ValueError(f"seed={seed!r} must be an integer.")
-    k = _square_kernel(kernel)
+    k = square_kernel(kernel)
     flat, shape = _flat_outputs(outputs, "outputs")
     n = k.shape[0]
     if flat.numel() != n:
@@ -550,7 +552,7 @@ def gauss_newton_sharpness(
 
 
 def _step_sizes(step_sizes: Any, device: torch.device) -> Tensor:
-    eta = _as_float64_tensor(step_sizes, "step_sizes").to(device)
+    eta = as_float64_tensor(step_sizes, "step_sizes").to(device)
     if eta.ndim not in (1, 2):
         raise ValueError(
             f"step_sizes has shape {tuple(eta.shape)}; pass the per-step learning rates η_0..η_(T-1) as a "
@@ -716,7 +718,7 @@ def kernel_loss_model(
         tensor([1.0000, 0.2500, 0.0625], dtype=torch.float64)
     """
     kernel_eps = _kernel_eps(kernel0)
-    k = _square_kernel(kernel0, "kernel0")
+    k = square_kernel(kernel0, "kernel0")
     flat, shape = _flat_outputs(outputs0, "outputs0")
     n = k.shape[0]
     if flat.numel() != n:
@@ -725,7 +727,7 @@ def kernel_loss_model(
             "'full' (m·O, m·O) kernel at θ₀ of the same probe and its (m, O) outputs."
         )
     if loss_star is not None:
-        star_value = _as_float(loss_star, "loss_star")
+        star_value = as_float(loss_star, "loss_star")
         if not math.isfinite(star_value):
             raise ValueError(f"loss_star={loss_star!r} must be finite; pass a float or None to derive it.")
     device = flat.device

@@ -27,16 +27,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_lplr.functional.rate import (
-    ArrayLike,
-    _as_float,
-    _as_float_array,
-    _fit_line,
-    _fit_lines,
-    _is_int,
-    _is_real,
-)
-from lightning_lplr.functional.spectrum import KernelLike, _as_float64_tensor, _square_kernel, eigenvalues
+from lightning_lplr.functional._arrays import as_float, as_float_array
+from lightning_lplr.functional._checks import is_int, is_real
+from lightning_lplr.functional._lines import fit_line, fit_lines
+from lightning_lplr.functional._tensors import as_float64_tensor, square_kernel
+from lightning_lplr.functional.rate import ArrayLike
+from lightning_lplr.functional.spectrum import KernelLike, eigenvalues
 
 __all__ = [
     "FIT_MIN_POINTS",
@@ -72,7 +68,7 @@ def suboptimality_gap(loss: float, loss_star: float) -> float:
         >>> suboptimality_gap(torch.tensor(0.75), 0.25)
         0.5
     """
-    return _as_float(loss, "loss") - _as_float(loss_star, "loss_star")
+    return as_float(loss, "loss") - as_float(loss_star, "loss_star")
 
 
 def pl_ratio(grad_norm_sq: float, gap: float) -> float:
@@ -93,8 +89,8 @@ def pl_ratio(grad_norm_sq: float, gap: float) -> float:
         >>> pl_ratio(4.0, 0.0)
         nan
     """
-    g2 = _as_float(grad_norm_sq, "grad_norm_sq")
-    delta = _as_float(gap, "gap")
+    g2 = as_float(grad_norm_sq, "grad_norm_sq")
+    delta = as_float(gap, "gap")
     if not (math.isfinite(g2) and math.isfinite(delta)) or delta <= 0 or g2 < 0:
         return math.nan
     ratio = g2 / (2.0 * delta)
@@ -123,7 +119,7 @@ def _profile_objectives(t: np.ndarray, losses: np.ndarray, stars: np.ndarray) ->
     with np.errstate(divide="ignore", invalid="ignore"):
         y = np.log(losses[None, :] - stars[:, None])
     keep = np.isfinite(y)
-    fits = _fit_lines(np.broadcast_to(t, y.shape), y, keep)
+    fits = fit_lines(np.broadcast_to(t, y.shape), y, keep)
     value = np.where(fits.sse > 0, 1.0 - fits.r2, 0.0)
     return np.where(np.isnan(fits.r2), math.inf, value)
 
@@ -165,11 +161,11 @@ def fit_exponential_offset(steps: ArrayLike | None, losses: ArrayLike) -> Expone
         >>> [round(v, 6) for v in fit]
         [0.5, 2.0, -0.1, 1.0]
     """
-    y = _as_float_array(losses, "losses")
+    y = as_float_array(losses, "losses")
     if steps is None:
         t = np.arange(y.shape[0], dtype=np.float64)
     else:
-        t = _as_float_array(steps, "steps")
+        t = as_float_array(steps, "steps")
         if t.shape != y.shape:
             raise ValueError(
                 f"steps and losses must have the same length; got steps of length {t.shape[0]} and "
@@ -195,7 +191,7 @@ def fit_exponential_offset(steps: ArrayLike | None, losses: ArrayLike) -> Expone
         step = grid[1] - grid[0]
         grid = np.linspace(log_s - step, log_s + step, 161)
     loss_star = low - 10.0**log_s * spread
-    line = _fit_line(t, np.log(y - loss_star))
+    line = fit_line(t, np.log(y - loss_star))
     amplitude = math.exp(line.intercept) if line.intercept < 709.0 else math.inf
     return ExponentialFit(loss_star, amplitude, line.slope, line.r2)
 
@@ -231,9 +227,9 @@ def fit_loss_star(steps: ArrayLike, losses: ArrayLike, *, min_points: int = FIT_
         >>> fit_loss_star(t, 1.0 + 0.0 * t)  # nothing decays
         nan
     """
-    if not _is_int(min_points) or min_points < 3:
+    if not is_int(min_points) or min_points < 3:
         raise ValueError(f"min_points={min_points!r} must be an int >= 3.")
-    y = _as_float_array(losses, "losses")
+    y = as_float_array(losses, "losses")
     if int(np.isfinite(y).sum()) < min_points:
         return math.nan
     fit = fit_exponential_offset(steps, y)
@@ -287,7 +283,7 @@ def estimate_loss_star(
         >>> estimate_loss_star([3.0, 2.0, 1.0], "running_min", margin=0.1)
         0.9
     """
-    if not (isinstance(strategy, str) or _is_real(strategy)):
+    if not (isinstance(strategy, str) or is_real(strategy)):
         allowed = ", ".join(repr(s) for s in _STRATEGIES)
         raise ValueError(f"strategy={strategy!r} is not a known strategy; pass one of {allowed} or a float.")
     if not isinstance(strategy, str):
@@ -298,13 +294,13 @@ def estimate_loss_star(
     if strategy not in _STRATEGIES:
         allowed = ", ".join(repr(s) for s in _STRATEGIES)
         raise ValueError(f"strategy={strategy!r} is not a known strategy; pass one of {allowed} or a float.")
-    if not _is_real(margin) or not math.isfinite(margin) or margin < 0:
+    if not is_real(margin) or not math.isfinite(margin) or margin < 0:
         raise ValueError(f"margin={margin!r} must be a finite number >= 0 (a relative safety margin).")
     if strategy == "zero":
         return 0.0
     if strategy == "fit":
         return fit_exponential_offset(steps, losses).loss_star
-    values = _as_float_array(losses, "losses")
+    values = as_float_array(losses, "losses")
     finite = values[np.isfinite(values)]
     if finite.shape[0] == 0:
         return math.nan
@@ -316,12 +312,12 @@ def estimate_loss_star(
 
 
 def _finite_values(ratios: Any) -> np.ndarray:
-    values = _as_float_array(ratios, "ratios")
+    values = as_float_array(ratios, "ratios")
     return values[np.isfinite(values)]
 
 
 def _check_quantile(q: Any, argument: str = "q") -> float:
-    if not _is_real(q) or not 0 < q < 1:
+    if not is_real(q) or not 0 < q < 1:
         raise ValueError(f"{argument}={q!r} must be a number strictly between 0 and 1 (e.g. 0.05).")
     return float(q)
 
@@ -423,7 +419,7 @@ class LowerEnvelope:
     """
 
     def __init__(self, window: int | None = None, quantile: float = 0.05) -> None:
-        if window is not None and (not _is_int(window) or window < 1):
+        if window is not None and (not is_int(window) or window < 1):
             raise ValueError(f"window={window!r} must be a positive int (or None to keep every value).")
         self.window = None if window is None else int(window)
         self.quantile = _check_quantile(quantile, "quantile")
@@ -435,7 +431,7 @@ class LowerEnvelope:
 
     def update(self, value: float) -> None:
         """Add one ratio; a NaN or infinite value is ignored (and counted in ``num_skipped``)."""
-        v = _as_float(value, "value")
+        v = as_float(value, "value")
         if not math.isfinite(v):
             self._num_skipped += 1
             return
@@ -498,7 +494,7 @@ class LowerEnvelope:
 
 
 def _gradient_vector(output_grad: Any, rows: int, device: torch.device) -> Tensor:
-    g = _as_float64_tensor(output_grad, "output_grad").reshape(-1).to(device)
+    g = as_float64_tensor(output_grad, "output_grad").reshape(-1).to(device)
     if g.shape[0] != rows:
         raise ValueError(
             f"output_grad has {g.shape[0]} entries but kernel_full has {rows} rows; pass the (m, O) "
@@ -531,7 +527,7 @@ def ntk_gradient_norm_sq(kernel_full: KernelLike, output_grad: KernelLike) -> fl
         >>> ntk_gradient_norm_sq(torch.diag(torch.tensor([1.0, 2.0])), torch.tensor([[3.0, 1.0]]))
         11.0
     """
-    k = _square_kernel(kernel_full, "kernel_full")
+    k = square_kernel(kernel_full, "kernel_full")
     g = _gradient_vector(output_grad, k.shape[0], k.device)
     return float(g @ k @ g)
 
@@ -585,9 +581,9 @@ def ntk_pl_bounds(
         >>> b.lower, b.upper, b.grad_norm_sq_lower, b.grad_norm_sq_upper
         (2.0, 8.0, 2.0, 8.0)
     """
-    k = _square_kernel(kernel_full, "kernel_full")
+    k = square_kernel(kernel_full, "kernel_full")
     g = _gradient_vector(output_grad, k.shape[0], k.device)
-    delta = _as_float(gap, "gap")
+    delta = as_float(gap, "gap")
     if kernel_eigenvalues is None:
         eigs = eigenvalues(k)
     else:

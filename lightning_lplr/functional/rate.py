@@ -20,13 +20,15 @@ the value is a ``torch.Tensor``; a tensor cannot exist before torch is imported.
 from __future__ import annotations
 
 import math
-import numbers
-import sys
 from collections.abc import Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 import numpy as np
+
+from lightning_lplr.functional._arrays import as_float, as_float_array, as_float_ndarray
+from lightning_lplr.functional._checks import is_int, is_real
+from lightning_lplr.functional._lines import LineFits, fit_line, fit_lines
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only; torch is never imported here
     from torch import Tensor
@@ -51,99 +53,16 @@ ArrayLike = Union["Tensor", np.ndarray, Sequence[float]]  # "Tensor": a forward 
 """A 1-D series: torch tensor, numpy array, or a sequence of floats / 0-d tensors."""
 
 
-def _as_tensor(value: Any) -> Tensor | None:
-    """``value`` when it is a ``torch.Tensor``, else ``None``; never imports torch.
-
-    A tensor can only exist once torch is imported, so torch absent from ``sys.modules``
-    means ``value`` is not one.
-    """
-    torch = sys.modules.get("torch")
-    tensor_type = getattr(torch, "Tensor", None)
-    if tensor_type is not None and isinstance(value, tensor_type):
-        return value
-    return None
-
-
-def _as_float_ndarray(values: Any, argument: str, ndim: int = 1, hint: str = "") -> np.ndarray:
-    """``values`` as an ``ndim``-D float64 numpy array (tensors on any device, sequences of 0-d tensors).
-
-    ``hint`` is appended to the error raised for a wrong number of dimensions.
-    """
-    tensor = _as_tensor(values)
-    if tensor is not None:
-        arr = tensor.detach().to("cpu", sys.modules["torch"].float64).numpy()
-    else:
-        try:
-            arr = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError):
-            try:
-                arr = np.asarray([float(v) for v in values], dtype=np.float64)
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"{argument} must be a {ndim}-D sequence of numbers, a numpy array or a tensor; "
-                    f"got {type(values).__name__}."
-                ) from None
-    if arr.ndim != ndim:
-        raise ValueError(f"{argument} must be {ndim}-D; got shape {arr.shape}.{hint}")
-    return arr
-
-
-def _as_float_array(values: Any, argument: str) -> np.ndarray:
-    """``values`` as a 1-D float64 numpy array (tensors on any device, sequences of 0-d tensors)."""
-    return _as_float_ndarray(values, argument, ndim=1)
-
-
-def _as_float(value: Any, argument: str) -> float:
-    """A python float from a number, a numpy scalar or a one-element tensor."""
-    tensor = _as_tensor(value)
-    if tensor is not None:
-        if tensor.numel() != 1:
-            raise ValueError(f"{argument} must be a scalar; got a tensor of shape {tuple(tensor.shape)}.")
-        return float(tensor.detach().item())
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{argument} must be a number; got {type(value).__name__}.") from None
-
-
-def _is_real(value: Any) -> bool:
-    """A real number (python, numpy) that is not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    """An integer (python, numpy) that is not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _steps_for(gaps: np.ndarray, steps: Any) -> np.ndarray:
     if steps is None:
         return np.arange(gaps.shape[0], dtype=np.float64)
-    t = _as_float_array(steps, "steps")
+    t = as_float_array(steps, "steps")
     if t.shape != gaps.shape:
         raise ValueError(
             f"steps and gaps must have the same length; got steps of length {t.shape[0]} and gaps of "
             f"length {gaps.shape[0]}."
         )
     return t
-
-
-class _LineFit(NamedTuple):
-    slope: float
-    intercept: float
-    r2: float
-    sse: float
-
-
-def _fit_line(x: np.ndarray, y: np.ndarray) -> _LineFit:
-    """Least squares ``y ≈ intercept + slope·x`` (centred for conditioning); needs ≥ 2 distinct x.
-
-    ``r2 = 1 − SSE/SST``. When ``y`` is constant up to round-off (``SST`` at the level
-    of float64 resolution) the constant line fits exactly: ``slope = 0``, ``r2 = 1``.
-    One row of :func:`_fit_lines`, so the scalar and row-wise fits are the same arithmetic.
-    """
-    fits = _fit_lines(x[None, :], y[None, :], np.ones((1, x.shape[0]), dtype=bool))
-    return _LineFit(*(float(v[0]) for v in fits))
 
 
 class LinearRateFit(NamedTuple):
@@ -164,7 +83,7 @@ class LinearRateFit(NamedTuple):
 
 
 def _usable(gaps: Any, steps: Any) -> tuple[np.ndarray, np.ndarray]:
-    g = _as_float_array(gaps, "gaps")
+    g = as_float_array(gaps, "gaps")
     t = _steps_for(g, steps)
     keep = np.isfinite(g) & (g > 0) & np.isfinite(t)
     return t[keep], g[keep]
@@ -172,7 +91,7 @@ def _usable(gaps: Any, steps: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _linear_from_points(t: np.ndarray, g: np.ndarray) -> LinearRateFit:
     n = int(t.shape[0])
-    line = _fit_line(t, np.log(g)) if n >= 2 else None
+    line = fit_line(t, np.log(g)) if n >= 2 else None
     if line is None or math.isnan(line.slope):
         nan = math.nan
         return LinearRateFit(nan, nan, nan, nan, nan, n)
@@ -232,7 +151,7 @@ class SublinearFit(NamedTuple):
 
 def _sublinear_from_points(t: np.ndarray, g: np.ndarray) -> SublinearFit:
     n = int(t.shape[0])
-    line = _fit_line(np.log(t), np.log(g)) if n >= 2 else None
+    line = fit_line(np.log(t), np.log(g)) if n >= 2 else None
     if line is None or math.isnan(line.slope):
         nan = math.nan
         return SublinearFit(nan, nan, nan, n)
@@ -283,11 +202,11 @@ class Regime(str, Enum):
 
 
 def _check_regime_arguments(min_r2: Any, min_points: Any, max_sse_ratio: Any) -> None:
-    if not _is_real(min_r2) or not 0 <= min_r2 <= 1:
+    if not is_real(min_r2) or not 0 <= min_r2 <= 1:
         raise ValueError(f"min_r2={min_r2!r} must be a number in [0, 1].")
-    if not _is_int(min_points) or min_points < 3:
+    if not is_int(min_points) or min_points < 3:
         raise ValueError(f"min_points={min_points!r} must be an int >= 3 (a line through 2 points is exact).")
-    if not _is_real(max_sse_ratio) or not 0 < max_sse_ratio <= 1:
+    if not is_real(max_sse_ratio) or not 0 < max_sse_ratio <= 1:
         raise ValueError(f"max_sse_ratio={max_sse_ratio!r} must be a number in (0, 1].")
 
 
@@ -349,8 +268,8 @@ def classify_regime(
     if t.shape[0] < min_points:
         return Regime.UNDETERMINED
     y = np.log(g)
-    linear = _fit_line(t, y)
-    sublinear = _fit_line(np.log(t), y)
+    linear = fit_line(t, y)
+    sublinear = fit_line(np.log(t), y)
     if math.isnan(linear.slope) or math.isnan(sublinear.slope):
         return Regime.UNDETERMINED
     for winner, loser, regime in ((linear, sublinear, Regime.LINEAR), (sublinear, linear, Regime.SUBLINEAR)):
@@ -372,11 +291,11 @@ RowsLike = Union["Tensor", np.ndarray, Sequence[Sequence[float]]]  # "Tensor": a
 def _usable_rows(gaps: Any, steps: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(t, g, keep)`` as ``(B, W)`` arrays: ``keep`` marks the entries the scalar fits would use."""
     hint = " Pass one window per row, shape (B, W); for a single window use x[None] or the scalar fit."
-    g = _as_float_ndarray(gaps, "gaps", ndim=2, hint=hint)
+    g = as_float_ndarray(gaps, "gaps", ndim=2, hint=hint)
     if steps is None:
         t = np.broadcast_to(np.arange(g.shape[1], dtype=np.float64), g.shape)
     else:
-        t = _as_float_ndarray(steps, "steps", ndim=2, hint=hint)
+        t = as_float_ndarray(steps, "steps", ndim=2, hint=hint)
         if t.shape != g.shape:
             raise ValueError(
                 f"steps and gaps must have the same shape (B, W); got steps of shape {t.shape} and gaps "
@@ -385,52 +304,6 @@ def _usable_rows(gaps: Any, steps: Any) -> tuple[np.ndarray, np.ndarray, np.ndar
     with np.errstate(invalid="ignore"):
         keep = np.isfinite(g) & (g > 0) & np.isfinite(t)
     return t, g, keep
-
-
-def _row_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", a, b)
-
-
-class _LineFits(NamedTuple):
-    slope: np.ndarray
-    intercept: np.ndarray
-    r2: np.ndarray
-    sse: np.ndarray
-
-
-def _fit_lines(x: np.ndarray, y: np.ndarray, keep: np.ndarray) -> _LineFits:
-    """Row-wise :func:`_fit_line` over the entries ``keep`` marks (weights 0/1, centred sums).
-
-    Row ``b`` is ``_fit_line(x[b, keep[b]], y[b, keep[b]])`` (which calls this with one row),
-    with NaN fields where that returns NaN (fewer than two points, or all at one ``x``).
-    """
-    weight = keep.astype(np.float64)
-    x = np.where(keep, x, 0.0)
-    y = np.where(keep, y, 0.0)
-    n = weight.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_mean = x.sum(axis=1) / n
-        y_mean = y.sum(axis=1) / n
-        dx = (x - x_mean[:, None]) * weight
-        dy = (y - y_mean[:, None]) * weight
-        sxx = _row_sum(dx, dx)
-        sst = _row_sum(dy, dy)
-        x_min = np.min(x, axis=1, where=keep, initial=math.inf)
-        x_max = np.max(x, axis=1, where=keep, initial=-math.inf)
-        degenerate = (n < 2) | ~(sxx > 0) | (x_min == x_max)
-        resolution = 64 * np.finfo(np.float64).eps * np.max(np.abs(y), axis=1, where=keep, initial=1.0)
-        constant = ~degenerate & (sst <= n * resolution**2)
-        slope = _row_sum(dx, dy) / sxx
-        residual = dy - slope[:, None] * dx
-        sse = _row_sum(residual, residual)
-        r2 = 1.0 - sse / sst
-        r2 = np.where(r2 > 0, r2, 0.0)  # python's max(0.0, r2), NaN included
-        intercept = y_mean - slope * x_mean
-    slope = np.where(constant, 0.0, slope)
-    intercept = np.where(constant, y_mean, intercept)
-    r2 = np.where(constant, 1.0, r2)
-    sse = np.where(constant, 0.0, sse)
-    return _LineFits(*(np.where(degenerate, math.nan, v) for v in (slope, intercept, r2, sse)))
 
 
 class LinearRateFits(NamedTuple):
@@ -487,7 +360,7 @@ def fit_linear_rate_rows(gaps: RowsLike, steps: RowsLike | None = None) -> Linea
     """
     t, g, keep = _usable_rows(gaps, steps)
     with np.errstate(divide="ignore", invalid="ignore"):
-        line = _fit_lines(t, np.log(np.where(keep, g, 1.0)), keep)
+        line = fit_lines(t, np.log(np.where(keep, g, 1.0)), keep)
         b = line.slope
         half_life = np.where(b != 0, math.log(2) / np.abs(b), math.inf)
     return LinearRateFits(
@@ -546,11 +419,11 @@ def classify_regime_rows(
     t = np.where(keep, t, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         y = np.log(np.where(keep, g, 1.0))
-        linear = _fit_lines(t, y, keep)
-        sublinear = _fit_lines(np.log(t), y, keep)
+        linear = fit_lines(t, y, keep)
+        sublinear = fit_lines(np.log(t), y, keep)
         fitted = enough & ~np.isnan(linear.slope) & ~np.isnan(sublinear.slope)
 
-        def wins(winner: _LineFits, loser: _LineFits) -> np.ndarray:
+        def wins(winner: LineFits, loser: LineFits) -> np.ndarray:
             better = (winner.sse < loser.sse) & (winner.sse <= max_sse_ratio * loser.sse)
             return fitted & better & (winner.r2 >= min_r2) & (winner.slope < 0)
 
@@ -587,11 +460,11 @@ def predicted_contraction(lr: float, mu: float, beta: float | None = None) -> fl
         >>> predicted_contraction(0.5, 0.5, beta=1.0)
         0.625
     """
-    eta = _as_float(lr, "lr")
+    eta = as_float(lr, "lr")
     if not math.isfinite(eta) or eta < 0:
         raise ValueError(f"lr={lr!r} must be a finite step size >= 0.")
-    m = _as_float(mu, "mu")
-    factor = 1.0 if beta is None else 1.0 - eta * _as_float(beta, "beta") / 2
+    m = as_float(mu, "mu")
+    factor = 1.0 if beta is None else 1.0 - eta * as_float(beta, "beta") / 2
     value = 1.0 - 2.0 * eta * m * factor
     return value if math.isfinite(value) else math.nan
 
@@ -613,5 +486,5 @@ def stability_indicator(lr: float, beta: float) -> float:
         >>> stability_indicator(0.5, 3.0)
         1.5
     """
-    value = _as_float(lr, "lr") * _as_float(beta, "beta")
+    value = as_float(lr, "lr") * as_float(beta, "beta")
     return value if math.isfinite(value) else math.nan

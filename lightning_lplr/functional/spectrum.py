@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_lplr.functional._tensors import as_float64_tensor, square_kernel
+
 __all__ = [
     "KernelLike",
     "SpectrumStats",
@@ -38,37 +40,6 @@ KernelLike = Tensor | np.ndarray | Sequence[Sequence[float]]
 _NORMS = ("op", "fro")
 
 
-def _as_float64_tensor(kernel: Any, argument: str) -> Tensor:
-    """``kernel`` as a detached float64 tensor (on its own device when it is a tensor)."""
-    if isinstance(kernel, Tensor):
-        if kernel.is_complex():
-            raise TypeError(f"{argument} is a complex tensor; pass a real kernel.")
-        return kernel.detach().to(torch.float64)
-    try:
-        return torch.as_tensor(np.asarray(kernel, dtype=np.float64))
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"{argument} must be a tensor, a numpy array or nested sequences of floats; "
-            f"got {type(kernel).__name__}."
-        ) from None
-
-
-def _square_kernel(kernel: Any, argument: str = "kernel") -> Tensor:
-    """Validate a square ``(n, n)`` kernel and return it as a float64 tensor."""
-    k = _as_float64_tensor(kernel, argument)
-    if k.ndim == 3:
-        raise ValueError(
-            f"{argument} has shape {tuple(k.shape)}: a 3-D (m, m, O) kernel of kind 'diagonal' has one "
-            f"kernel per output and no single spectrum. Pass one output slice {argument}[..., a], or a "
-            "'trace' / 'pseudo' (m, m) or 'full' (m·O, m·O) kernel."
-        )
-    if k.ndim != 2 or k.shape[0] != k.shape[1]:
-        raise ValueError(f"{argument} must be a square (n, n) matrix; got shape {tuple(k.shape)}.")
-    if k.shape[0] == 0:
-        raise ValueError(f"{argument} has shape {tuple(k.shape)}; it needs at least one row and column.")
-    return k
-
-
 def _check_normalize(normalize: float | None) -> float | None:
     if normalize is None:
         return None
@@ -83,7 +54,7 @@ def _check_normalize(normalize: float | None) -> float | None:
 
 def _symmetrised(kernel: Any, normalize: float | None) -> tuple[Tensor | None, int, torch.device]:
     """``(K + Kᵀ) / 2 / normalize`` in float64, or ``None`` when ``K`` is not finite."""
-    k = _square_kernel(kernel)
+    k = square_kernel(kernel)
     scale = _check_normalize(normalize)
     n = k.shape[0]
     if not bool(torch.isfinite(k).all()):
@@ -234,8 +205,8 @@ def spectrum_from_eigenvalues(eigs: Tensor) -> SpectrumStats:
 
 
 def _pair(k1: Any, k2: Any, name1: str, name2: str) -> tuple[Tensor, Tensor]:
-    a = _as_float64_tensor(k1, name1)
-    b = _as_float64_tensor(k2, name2)
+    a = as_float64_tensor(k1, name1)
+    b = as_float64_tensor(k2, name2)
     if a.shape != b.shape:
         raise ValueError(
             f"{name1} and {name2} must have the same shape; got {name1} {tuple(a.shape)} and "
@@ -322,7 +293,7 @@ def operator_norm(matrix: KernelLike) -> float:
         >>> operator_norm(torch.tensor([[1.0, 0.0], [0.0, -3.0]]))
         3.0
     """
-    m = _as_float64_tensor(matrix, "matrix")
+    m = as_float64_tensor(matrix, "matrix")
     if m.ndim != 2:
         raise ValueError(f"matrix must be 2-D; got shape {tuple(m.shape)}.")
     if not bool(torch.isfinite(m).all()):

@@ -160,9 +160,9 @@ def _report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
     if args.plot:
         # Fail before reading anything when the plot cannot be drawn at all.
-        from lightning_lplr.report.plot import _import_matplotlib
+        from lightning_lplr.report.plot import import_matplotlib
 
-        _import_matplotlib()
+        import_matplotlib()
     runs = load_runs(args.paths, args.prefix, allow_truncated=args.allow_truncated, warn=warn)
     resolved = [
         resolve_loss_star(run, args.loss_star, margin=args.margin, rate_window=args.rate_window)

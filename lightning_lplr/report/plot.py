@@ -61,7 +61,7 @@ _LEGEND_HEIGHT = 0.2
 """Height of the legend strip below each panel, relative to the panel."""
 
 
-def _import_matplotlib() -> tuple[Any, Any, Any]:
+def import_matplotlib() -> tuple[Any, Any, Any]:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -342,7 +342,7 @@ def draw_report(
     Raises:
         ReportError: matplotlib is not installed (``EXIT_MISSING_DEPENDENCY``).
     """
-    Figure, FigureCanvasAgg, Line2D = _import_matplotlib()
+    Figure, FigureCanvasAgg, Line2D = import_matplotlib()
     fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     ratios = [1.0, _LEGEND_HEIGHT] * len(PANELS)

@@ -252,10 +252,14 @@ def _region_line(run: dict[str, Any]) -> str | None:
             parts.append(f"first outside at step {region['first_outside_step']}")
     if region["mu_cert_min"] is not None:
         parts.append(
-            f"smallest certificate region/mu_cert {fmt(region['mu_cert_min'])} at step "
+            f"smallest region/mu_cert {fmt(region['mu_cert_min'])} at step "
             f"{region['mu_cert_min_step']} (final {fmt(region['mu_cert_final'])})"
         )
-    return "Region certificate: " + "; ".join(parts) + "." if parts else None
+    head = (
+        "Region estimate (λ_min(Θ_0) − L̂·r_t with an empirical Lipschitz constant L̂: "
+        "an estimate, not a certificate)"
+    )
+    return head + ": " + "; ".join(parts) + "." if parts else None
 
 
 def _skipped_line(run: dict[str, Any]) -> str | None:

@@ -279,7 +279,7 @@ def missing_notes(run_doc: dict[str, Any]) -> list[tuple[str, str]]:
     if "param/drift" not in keys:
         notes.append(("param", "The parameter drift was not logged (param/drift)."))
     if "region/inside" not in keys and "region/mu_cert" not in keys:
-        notes.append(("region", "The region certificate was not logged (region/inside, region/mu_cert)."))
+        notes.append(("region", "The region estimate was not logged (region/inside, region/mu_cert)."))
     elif "region/inside" not in keys:
         notes.append(("region", "region/inside was not logged; only the certificate mu_cert is summarised."))
     return notes
