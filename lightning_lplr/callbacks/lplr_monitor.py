@@ -30,36 +30,46 @@ class LPLRMonitor(Monitor):
 
     Add it to a ``Trainer`` and train as usual; nothing in the ``training_step``
     changes. At steps chosen by ``ntk_every`` it computes the empirical NTK ``K`` of a
-    fixed probe of ``m`` training samples (``Θ = K/m``; eval mode, detached parameters,
-    the module's modes, the RNG and every ``.grad`` left exactly as they were). At
-    every step chosen by ``step_every`` it reads the training loss and the gradient
-    norm the optimizer is about to use and estimates the PL ratio and the linear rate.
+    fixed probe of ``m`` training samples (``Θ = K/m``; dropout off, normalisation layers as
+    ``norm_mode`` says, float32 whatever the training precision, detached parameters; the
+    module's modes, every RNG and every ``.grad`` left exactly as they were). At every step
+    chosen by ``step_every`` it reads the training loss and the gradient norm the optimizer is
+    about to use and estimates the PL ratio and the linear rate.
 
-    Definitions (see ``docs/``): gap ``Δ_t = L(θ_t) − L*``; step PL ratio
+    Definitions (``docs/theory.md``): gap ``Δ_t = L(θ_t) − L*``; step PL ratio
     ``μ̂_t = ‖∇L(θ_t)‖² / (2Δ_t)`` (biased upward by gradient noise under mini-batch SGD;
-    the probe ratio is the full-batch one); lower envelope = running min and low
-    quantile of ``μ̂`` over ``envelope_window`` steps; linear rate = least-squares fit of
-    ``log Δ_t`` over the last ``rate_window`` logged steps; predicted contraction
-    ``1 − 2ημ(1 − ηβ/2)`` with ``μ`` the envelope (or ``μ_NTK`` when ``loss_fn`` is
-    given) and ``β = λ_max(Θ)``, logged only for plain SGD (no momentum, not adaptive);
-    NTK drift ``‖Θ_t − Θ_0‖/‖Θ_0‖``; parameter drift ``r_t = ‖θ_t − θ_0‖``; Lipschitz
-    estimate ``L̂ = max_s ‖Θ_s − Θ_0‖₂ / r_s``; certificate ``μ_cert = λ_min(Θ_0) − L̂·r_t``.
+    the probe ratio is the full-batch one); lower envelope = running min and low quantile of
+    ``μ̂``; linear rate = least-squares fit of ``log Δ_t`` over the last ``rate_window`` steps;
+    ``μ_NTK = λ_min(K)‖g‖²/(2Δ)`` on the probe (``g = ∂L/∂f``); ``β`` the Gauss–Newton
+    sharpness ``λ_max(K^{1/2}HK^{1/2})`` of ``loss_fn`` on the probe; predicted contraction
+    ``1 − 2ημ_NTK(1 − ηβ/2)`` only where the theorem applies (plain full-batch GD on the probe
+    = the training set with ``loss_fn`` the objective, no clipping, ``η < 2/β``, ``μ ≤ β``);
+    NTK drift ``‖Θ_t − Θ_0‖/‖Θ_0‖``; parameter drift ``r_t = ‖θ_t − θ_0‖``; empirical Lipschitz
+    constant ``L̂ = max_s ‖Θ_s − Θ_0‖₂ / r_s`` and region estimate ``λ_min(Θ_0) − L̂·r_t``;
+    linearisation gap ``‖f_t − f_lin,t‖/‖f_t − f_0‖`` with ``f_lin,t = f_0 + J_0(θ_t − θ_0)``.
 
     Logged Metrics (each under ``prefix``, default ``"lplr/"``, at the optimizer step
     ``t`` — ``trainer.global_step`` before the step — whose parameters they describe):
-        At NTK samples: ``ntk/lambda_min``, ``ntk/lambda_max``, ``ntk/condition_number``,
-        ``ntk/trace``, ``ntk/effective_rank`` (of ``Θ``), ``ntk/drift_op``,
-        ``ntk/drift_fro``, ``ntk/lipschitz``, ``ntk/eta_beta``, ``param/drift``,
-        ``region/mu_cert``, ``region/inside`` (1 or 0), ``cost/ntk_seconds``; with
-        ``loss_fn``: ``pl/ratio_probe`` and, for ``kind="full"``, ``pl/mu_ntk``.
-        At step samples: ``pl/gap``, ``pl/ratio_step``, ``pl/envelope_min``,
-        ``pl/envelope_q05``; once ``rate_min_points`` gaps are in the window:
-        ``rate/slope``, ``rate/contraction``, ``rate/half_life``, ``rate/r2``,
-        ``rate/regime`` (1 linear, 0 undetermined, −1 sublinear) and, for plain SGD,
-        ``rate/contraction_pred``. When a sample is skipped: ``skipped/nonfinite_loss``,
-        ``skipped/nonpositive_gap``, ``skipped/ntk_error`` (cumulative counts).
-        TensorBoard loggers also get the "LPLR" custom-scalars layout, a histogram
-        ``ntk/eigenvalues`` per NTK sample and a markdown ``summary`` at the end of fit.
+        At NTK samples, for the full kernel: ``ntk/lambda_min``, ``ntk/lambda_max``,
+        ``ntk/condition_number``, ``ntk/trace``, ``ntk/effective_rank`` (of ``Θ``),
+        ``ntk/drift_op``, ``ntk/drift_fro``, ``ntk/lipschitz``, ``region/mu_cert``,
+        ``region/inside`` (1 or 0); for another kind the same spectrum and drift keys under
+        ``ntk_trace/``, ``ntk_pseudo/`` or ``ntk_loss_gram/``; ``param/drift``, ``lin/gap``,
+        ``lin/gap_rel`` (from the second sample on), ``cost/ntk_seconds``. With ``loss_fn``:
+        ``pl/ratio_probe``; for the full kernel also ``pl/mu_ntk``, ``curv/beta``,
+        ``ntk/eta_beta`` and, where the kernel prediction applies, ``lin/loss_pred``,
+        ``lin/loss_probe``, ``lin/loss_ratio``.
+        At step samples: ``pl/gap``, ``pl/ratio_step`` (one optimizer only),
+        ``pl/envelope_min``, ``pl/envelope_q05``; once ``rate_min_points`` gaps are in the
+        window: ``rate/slope``, ``rate/contraction``, ``rate/half_life``, ``rate/r2``,
+        ``rate/regime`` (1 linear, 0 undetermined, −1 sublinear) and ``rate/contraction_pred``
+        where it applies. Cumulative skip counts: ``skipped/nonfinite_loss``,
+        ``skipped/nonpositive_gap``, ``skipped/ntk_error``, ``skipped/several_optimizers``,
+        ``skipped/loss_star_unidentified``, ``skipped/lin_<reason>`` and
+        ``skipped/contraction_pred_<reason>`` (why the prediction is absent).
+        Once per run a schema marker (what the keys assume); TensorBoard loggers also get the
+        "LPLR" custom-scalars layout, a histogram ``ntk/eigenvalues`` per NTK sample and the
+        report of the run as markdown text (``summary``) at the end of fit.
 
     Args:
         preset: ``"cheap"``, ``"default"`` or ``"full"`` (see :data:`PRESETS`); supplies
@@ -80,20 +90,29 @@ class LPLRMonitor(Monitor):
             ``(x, y)`` tuple; ``None`` takes the training dataset at fit start.
         probe_size: probe samples ``m``.
         probe_seed: ``None`` takes the first ``m`` samples; an int a seeded random subset.
-        input_fn: batch → model input (default: tensor, first element, or ``"x"``-like key).
-        target_fn: batch → targets (for ``loss_fn``).
-        output_fn: model output → tensor ``(batch, *out)``, for models returning dicts etc.
-        loss_fn: ``loss_fn(outputs, targets) -> scalar`` on the probe; enables the probe
-            PL ratio and ``μ_NTK``.
-        kind: NTK kind, ``"full"``, ``"trace"`` or ``"pseudo"``.
+        input_fn: batch → model inputs: a tensor (``forward(x)``), a tuple (positional) or a dict
+            (keywords). Default: a tensor batch; a tuple's first element (its first ``k`` when
+            ``forward`` takes ``k`` positional inputs); a dict without its label keys.
+        target_fn: batch → targets (default: a tuple's second element or a dict's label entry).
+        output_fn: model output → tensor ``(batch, *out)``. Default: the tensor; a tuple's first
+            element; a mapping's / ``ModelOutput``'s / dataclass's ``logits``, else its first tensor.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` on the probe, the loss you train with;
+            enables the probe PL ratio, ``μ_NTK``, ``β`` and the theory's predictions.
+        kind: NTK kind, ``"full"``, ``"trace"``, ``"pseudo"`` or ``"loss_gram"`` (the Gram of the
+            probe's per-sample loss gradients; needs ``loss_fn``). A kernel that does not fit the
+            memory budget falls back to pseudo, then to chunks, then to fewer samples (said once).
         implementation: NTK implementation (see ``NTKImplementation``). The default,
             ``"structured"``, is exact for any model and the fastest or close to it on every
             model benchmarked; ``"auto"`` would add a one-time timed trial (seconds to tens of
             seconds on a CNN) to the first sample of the run.
         chunk_size: probe samples per NTK chunk (bounds memory).
-        max_memory_bytes: memory budget of one NTK sample, from which chunk sizes are
-            derived when ``chunk_size`` is ``None``.
-        loss_star: ``L*``: ``"zero"``, a float, ``"running_min"`` or ``"fit"``.
+        max_memory_bytes: memory budget of one NTK sample (default: half of what the process
+            may still allocate; under DDP the smallest over ranks), from which the kind and chunk
+            sizes are planned.
+        loss_star: ``L*``: ``"zero"`` (interpolating models), a float (the known optimum) or
+            ``"fit"`` (``L* + A·e^{bt}`` refitted every 25 steps from past losses; steps before it
+            is identifiable are counted, not guessed). ``"running_min"`` is deprecated online
+            (the report computes it after the fact).
         loss_star_margin: safety margin of ``"running_min"``.
         envelope_window: steps in the lower envelope's window (``None``: whole run).
         envelope_quantile: the robust low quantile (default 5 %).
@@ -101,6 +120,12 @@ class LPLRMonitor(Monitor):
         rate_min_points: gaps needed before the rate is logged.
         prefix: prefix of every logged key.
         log_histograms: write NTK eigenvalue histograms to TensorBoard loggers.
+        norm_mode: which function's kernel for normalisation layers: ``"probe"`` (batch
+            statistics of the whole probe at the current weights, held fixed), ``"train"`` (the
+            exact batch Jacobian in training mode, about ``m×`` the cost) or ``"eval"`` (running
+            statistics). See ``docs/kernels.md``.
+        full_batch: whether every optimizer step sees the whole training set (a condition of
+            the predicted contraction); ``None`` detects it from the dataloader.
 
     Example:
         >>> from lightning.pytorch import Trainer

@@ -30,17 +30,20 @@ class NTKMonitor(Monitor):
     kernel and the probe, no step-level quantities.
 
     Logged Metrics:
-        ``ntk/lambda_min``, ``ntk/lambda_max``, ``ntk/condition_number``, ``ntk/trace``,
-        ``ntk/effective_rank``, ``ntk/drift_op``, ``ntk/drift_fro``, ``ntk/lipschitz``,
-        ``ntk/eta_beta``, ``param/drift``, ``region/mu_cert``, ``region/inside``,
-        ``cost/ntk_seconds``; with ``loss_fn``: ``pl/ratio_probe``, ``pl/mu_ntk``;
-        ``skipped/ntk_error`` when a sample fails.
+        For the full kernel ``ntk/lambda_min``, ``ntk/lambda_max``, ``ntk/condition_number``,
+        ``ntk/trace``, ``ntk/effective_rank``, ``ntk/drift_op``, ``ntk/drift_fro``,
+        ``ntk/lipschitz``, ``region/mu_cert``, ``region/inside``; for another kind its spectrum and
+        drift under ``ntk_trace/``, ``ntk_pseudo/`` or ``ntk_loss_gram/``; ``param/drift``,
+        ``lin/gap``, ``lin/gap_rel``, ``cost/ntk_seconds``; with ``loss_fn``: ``pl/ratio_probe``
+        and, for the full kernel, ``pl/mu_ntk``, ``curv/beta``, ``ntk/eta_beta`` (and the
+        ``lin/loss_*`` keys where the kernel prediction applies); ``skipped/ntk_error`` when a
+        sample fails.
 
     Args:
         preset, ntk_every, probe, probe_size, probe_seed, input_fn, target_fn, output_fn, loss_fn,
         kind, implementation, chunk_size, max_memory_bytes, loss_star, loss_star_margin, prefix,
-        log_histograms: as for :class:`~lightning_lplr.LPLRMonitor` (``loss_star`` and its
-            margin set the gap of the probe PL ratio).
+        log_histograms, norm_mode, full_batch: as for :class:`~lightning_lplr.LPLRMonitor`
+            (``loss_star`` and its margin set the gap of the probe PL ratio).
         **ignored: other arguments of :class:`~lightning_lplr.LPLRMonitor`, which this monitor
             ignores: a ``FutureWarning`` now, an error in the next release.
 
