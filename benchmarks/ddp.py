@@ -1,7 +1,7 @@
 """DDP benchmark of the monitor's NTK: per-rank time of one NTK sample at world size 1 and 2 (issue 4).
 
 Part 1 — one NTK sample exactly as the callback takes it: ``NTKPart.sample`` (the sharded kernel
-of ``_kernel_block`` and ``_gathered``, then its two eigendecompositions split over the ranks by
+of ``kernel_block`` and ``gathered``, then its two eigendecompositions split over the ranks by
 ``_spectra``, then the probe PL ratio and ``μ_NTK``), on plain ``torch.multiprocessing.spawn``
 workers joined in a gloo group. The callback reaches the collectives through an injected
 ``Collective``; here ``StrategyCollective`` wraps a small adapter with Lightning's
@@ -169,8 +169,11 @@ def _ntk_sample(config: str, rank: int, ctx: dict[str, Any]) -> dict[str, float]
         return {"idle_cpu_s": time.process_time() - cpu}
     part, module, collective = ctx["part"], ctx["module"], ctx["collectives"][world]
     record: dict[str, float] = {}
-    part._kernel_block = _timed(record, "kernel_s", ctx["block_fn"])
-    part._gathered = _timed(record, "kernel_s", ctx["gather_fn"])
+    from lightning_lplr.callbacks import _ntk_part as ntk_part
+
+    # The kernel phase: this rank's block, then the gather (module functions the part calls).
+    ntk_part.kernel_block = _timed(record, "kernel_s", ctx["block_fn"])
+    ntk_part.gathered = _timed(record, "kernel_s", ctx["gather_fn"])
     part._spectra = _timed(record, "spectra_s", ctx["spectra_fn"])
     torch.set_num_threads(threads)
     _spin_up_threads()
@@ -193,6 +196,7 @@ def _part_ntk(rank: int, cfg: dict[str, Any]) -> dict[str, Any]:
     from torch.func import functional_call
 
     from lightning_lplr import LPLRMonitor
+    from lightning_lplr.callbacks import _ntk_part as ntk_part
     from lightning_lplr.callbacks._collective import LocalCollective, StrategyCollective, shards
     from lightning_lplr.callbacks.probe import Probe
     from lightning_lplr.functional import empirical_ntk, spectrum_stats
@@ -235,8 +239,8 @@ def _part_ntk(rank: int, cfg: dict[str, Any]) -> dict[str, Any]:
         "part": part,
         "module": module,
         "collectives": collectives,
-        "block_fn": part._kernel_block,
-        "gather_fn": part._gathered,
+        "block_fn": ntk_part.kernel_block,
+        "gather_fn": ntk_part.gathered,
         "spectra_fn": part._spectra,
     }
     records: dict[str, list[dict[str, float]]] = {c: [] for c in NTK_CONFIGS}

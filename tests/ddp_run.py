@@ -130,6 +130,7 @@ def run(
         enable_model_summary=False,
         enable_checkpointing=bool(ckpt_every),
         use_distributed_sampler=False,
+        log_every_n_steps=1,  # every step written: the tests compare each one
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -492,7 +492,7 @@ def test_nonpositive_gap_is_skipped_not_fatal():
     ids=["oom", "runtime-error"],
 )
 def test_exception_inside_ntk_is_skipped_and_sampling_resumes(monkeypatch, error):
-    import lightning_lplr.callbacks._ntk_part as mod
+    import lightning_lplr.callbacks._kernel as mod
 
     calls = {"n": 0}
     real = mod.empirical_ntk
@@ -867,7 +867,7 @@ def test_every_argument_is_checked_in_init(kwargs, match):
 
 def test_a_failing_ntk_backs_off_exponentially_over_scheduled_steps(monkeypatch):
     """Retried only at scheduled steps: the next after one failure, then skipping 1, 3, ... of them."""
-    import lightning_lplr.callbacks._ntk_part as mod
+    import lightning_lplr.callbacks._kernel as mod
 
     attempts = []
 
@@ -893,3 +893,20 @@ def test_a_failing_ntk_backs_off_exponentially_over_scheduled_steps(monkeypatch)
     # Scheduled steps 0, 2, 4, ...: tries at 0, 2 (next), 6 (skip 1), 14 (skip 3), 30 (skip 7).
     assert steps == [0, 2, 6, 14, 30]
     assert monitor.skipped["ntk_error"] == 5 == len(attempts)
+
+
+def test_step_values_are_written_at_log_every_n_steps_and_computed_every_step(tmp_path):
+    """Loggers get step-level values every log_every_n_steps steps (and the last); NTK samples always."""
+    x, y = regression_data(n=16)
+    monitor = LPLRMonitor(ntk_every=7, probe_size=16, loss_fn=squared_loss, rate_min_points=3)
+    logger = CSVLogger(str(tmp_path), name="run")
+    _fit(SmallNet(), loader(x, y), [monitor], max_steps=23, logger=logger, log_every_n_steps=5)
+    with next(tmp_path.rglob("metrics.csv")).open() as fh:
+        rows = list(csv.DictReader(fh))
+    written = sorted({int(r["step"]) for r in rows if r.get("lplr/pl/gap")})
+    assert written == [0, 5, 10, 15, 20, 22]
+    assert sorted({int(r["step"]) for r in rows if r.get("lplr/ntk/lambda_min")}) == [0, 7, 14, 21]
+    # Every step was computed: the envelope and fits use them all, and history holds them.
+    assert [s for s, _ in monitor.history["pl/gap"]] == list(range(23))
+    logged = {int(r["step"]): float(r["lplr/pl/envelope_min"]) for r in rows if r.get("lplr/pl/envelope_min")}
+    assert logged == {s: v for s, v in monitor.history["pl/envelope_min"] if s in logged}

@@ -165,6 +165,7 @@ def _fit(
         enable_model_summary=False,
         enable_checkpointing=False,
         num_sanity_val_steps=0,
+        log_every_n_steps=1,  # every step written: the tests read each one back
         **trainer_kwargs,
     )
     caught: list[str] = []

@@ -1089,3 +1089,20 @@ def test_report_from_history_equals_the_report_of_the_logged_run(
         assert from_history[key] == from_files[key], key
     text = render_text(document)
     assert "ntk_drift_left_lazy" in text and "A PL inequality held" in text
+
+
+def test_a_span_written_sparsely_reads_the_monitors_rate_fits():
+    """pl/gap written every 50 steps: the span's rate is the median logged rate/slope, not a 3-point line."""
+    from lightning_lplr.report import Run, Series, build_report
+
+    steps = list(range(0, 101, 50))
+    gap = Series.from_pairs((t, 2 * 0.95**t * (1.3 if t == 50 else 1.0)) for t in steps)
+    regime = Series.from_pairs((t, 1.0) for t in steps)
+    slope = Series.from_pairs((t, math.log(0.95)) for t in steps)
+    r2 = Series.from_pairs((t, 0.999) for t in steps)
+    series = {"pl/gap": gap, "rate/regime": regime, "rate/slope": slope, "rate/r2": r2}
+    (run,) = build_report([Run("sparse", (), ("csv",), series)])["runs"]
+    (span,) = run["linear_spans"]["spans"]
+    assert span["fit_source"] == "rate/*"
+    assert span["fit"]["contraction"] == pytest.approx(0.95, rel=1e-12)
+    assert span["fit"]["num_points"] == 3 and span["fit"]["r2"] == pytest.approx(0.999)

@@ -95,6 +95,7 @@ class Monitor(Callback):
         self._loss_pred_reason: str | None = "the run has not started"
         self._predict: Predictor | None = None
         self._marker: dict[str, Any] | None = None
+        self._carried: dict[str, float] = {}
         self._parts = tuple(
             name
             for name, part in (
@@ -207,6 +208,7 @@ class Monitor(Callback):
         keys = {self.prefix + key for key in ALL_KEYS + SKIP_KEYS}
         flush_every = self._buffer.flush_every
         self._buffer.reset(1 if monitored_keys(trainer) & keys else flush_every)
+        self._carried = {}
         ntk = self._ntk
         if ntk is not None:
             ntk.on_train_start(trainer, pl_module, self._collective)
@@ -311,7 +313,7 @@ class Monitor(Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._flush(trainer)
+        self._flush(trainer, final=True)
         self._buffer.write(trainer)
 
     @override
@@ -325,7 +327,7 @@ class Monitor(Callback):
         """
         if trainer.world_size == 1:
             try:
-                self._flush(trainer)
+                self._flush(trainer, final=True)
                 self._buffer.write(trainer)
             except Exception as err:  # never mask the run's own exception
                 self._journal.warn_once(
@@ -357,29 +359,44 @@ class Monitor(Callback):
         return render_text(self.report())
 
     # ------------------------------------------------------------------ flush
-    def _flush(self, trainer: pl.Trainer) -> None:
+    def _flush(self, trainer: pl.Trainer, final: bool = False) -> None:
         """Compute and record every finished step not yet computed, in step order; queue the writes.
 
         Runs at the same steps on every rank (every ``flush_every`` steps, around NTK samples,
         at checkpoints and at the end of training), so its one collective (the mean loss over
-        ranks) is entered by all of them.
+        ranks) is entered by all of them. Every step is computed (the fits and envelopes use them
+        all) and kept in :attr:`history` and ``trainer.callback_metrics``; the loggers get the NTK
+        samples and the step-level values of every ``log_every_n_steps``-th step (and of the last
+        step), as Lightning writes ``self.log``; skip counters of the steps in between are
+        carried to the next written step.
         """
         records = self._buffer.take()
         if not records:
             return
         wanted = [r for r in records if r.wants_step]
         step_metrics = self._step_metrics(wanted) if wanted else {}
+        every = max(int(getattr(trainer, "log_every_n_steps", 1) or 1), 1)
         samples: list[tuple[int, dict[str, float]]] = []
+        latest: list[tuple[int, dict[str, float]]] = []
         walltimes: list[float] = []
-        for record in records:
-            metrics = dict(record.probe)
-            metrics.update(step_metrics.get(record.step, {}))
+        for k, record in enumerate(records):
+            steps = step_metrics.get(record.step, {})
+            metrics = {**record.probe, **steps}
             if not metrics:
                 continue
             self._journal.record(metrics, record.step)
-            samples.append((record.step, {self.prefix + k: float(v) for k, v in metrics.items()}))
-            walltimes.append(record.walltime)
-        update_callback_metrics(trainer, samples)
+            latest.append((record.step, {self.prefix + key: float(v) for key, v in metrics.items()}))
+            written = dict(record.probe)
+            if record.step % every == 0 or (final and k == len(records) - 1):
+                written.update(self._carried)
+                written.update(steps)
+                self._carried = {}
+            else:
+                self._carried.update((key, v) for key, v in steps.items() if key.startswith("skipped/"))
+            if written:
+                samples.append((record.step, {self.prefix + key: float(v) for key, v in written.items()}))
+                walltimes.append(record.walltime)
+        update_callback_metrics(trainer, latest)
         if trainer.is_global_zero:
             self._buffer.queue(samples, walltimes)
 

@@ -47,9 +47,14 @@ def _span_sentence(span: dict[str, Any]) -> str:
             f"{span['num_regime_samples']} regime samples)"
         )
     else:
+        source = (
+            f"{fit['num_points']} points"
+            if span.get("fit_source", "pl/gap") == "pl/gap"
+            else f"median of {fit['num_points']} logged rate/* window fits"
+        )
         text = (
             f"{where}: the gap shrinks by a factor {fmt_rho(fit['contraction'])} per step "
-            f"(half-life {fmt(fit['half_life'])} steps, R² {fmt(fit['r2'])}, {fit['num_points']} points)"
+            f"(half-life {fmt(fit['half_life'])} steps, R² {fmt(fit['r2'])}, {source})"
         )
     if span["contraction_pred_mean"] is not None:
         text += f"; predicted {fmt_rho(span['contraction_pred_mean'])} (mean of rate/contraction_pred)"

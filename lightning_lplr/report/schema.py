@@ -200,6 +200,7 @@ _SPAN = {
     "end_step": _INT,
     "num_regime_samples": _INT,
     "fit": _FIT,
+    "fit_source": _OneOf(("pl/gap", "rate/*")),
     "contraction_pred_mean": _NUM,
     "contraction_logged_mean": _NUM,
 }

@@ -189,18 +189,48 @@ def _linear_spans(run: Run) -> dict[str, Any]:
     )
     for start, end, count in spans:
         window = gap.between(start, end) if gap is not None else Series(np.zeros(0, np.int64), np.zeros(0))
-        fit = fit_linear_rate(window.values, window.steps)
+        fit, source = fit_to_dict(fit_linear_rate(window.values, window.steps)), "pl/gap"
+        if len(window) < MIN_GAP_POINTS:
+            # pl/gap written sparsely (every log_every_n_steps steps): the monitor's own fits over
+            # every step, logged as rate/*, say more than a line through a few points.
+            logged = _logged_fit(run, start, end)
+            if logged is not None:
+                fit, source = logged, "rate/*"
         out["spans"].append(
             {
                 "start_step": start,
                 "end_step": end,
                 "num_regime_samples": count,
-                "fit": fit_to_dict(fit),
+                "fit": fit,
+                "fit_source": source,
                 "contraction_pred_mean": _mean_between(run.get("rate/contraction_pred"), start, end),
                 "contraction_logged_mean": _mean_between(run.get("rate/contraction"), start, end),
             }
         )
     return out
+
+
+MIN_GAP_POINTS = 10
+"""Logged ``pl/gap`` points a span needs before the report fits them itself instead of reading ``rate/*``."""
+
+
+def _logged_fit(run: Run, start: int, end: int) -> dict[str, Any] | None:
+    """A span's rate from the monitor's logged window fits: median ``rate/slope`` and ``rate/r2`` in it."""
+    slope = run.get("rate/slope")
+    window = None if slope is None else slope.between(start, end).finite()
+    if window is None or len(window) == 0:
+        return None
+    b = float(np.median(window.values))
+    r2_series = run.get("rate/r2")
+    r2 = None if r2_series is None else r2_series.between(start, end).finite()
+    return {
+        "slope": _num(b),
+        "intercept": None,
+        "contraction": _num(math.exp(b)),
+        "half_life": _num(math.log(2) / abs(b)) if b != 0 else None,
+        "r2": None if r2 is None or len(r2) == 0 else _num(float(np.median(r2.values))),
+        "num_points": len(window),
+    }
 
 
 def _overall(run: Run) -> dict[str, Any]:
