@@ -421,6 +421,31 @@ def test_the_monitors_own_time_is_not_training_time() -> None:
         assert budget.trained_seconds == 10.0  # read inside a pause: the time when it began
 
 
+def test_a_one_time_part_is_charged_but_does_not_set_the_expected_cost() -> None:
+    # The first sample also computes the kernel at θ_0 (4 s once); every sample costs 2 s.
+    clock = FakeClock()
+    budget = NTKBudget(0.1, every_step, clock=clock)
+    budget.start(0, 100)
+    taken = []
+    for t in range(100):
+        with budget.paused():
+            if budget.decide(t):
+                with budget.sampling():
+                    clock.advance(2.0)
+                    if not taken:
+                        with budget.sampling(once=True):
+                            clock.advance(4.0)
+                taken.append(t)
+        clock.advance(1.0)
+    assert budget.samples == len(taken)
+    assert budget.spent_seconds == 4.0 + 2.0 * len(taken)
+    assert budget.spent_seconds <= 0.1 * budget.trained_seconds
+    # 10 s of budget: the 6-s first sample leaves 4 s, two more 2-s samples (the next one is
+    # expected at 2 s, not 6 s, so it is spread as a 2-s sample).
+    assert len(taken) == 3
+    assert budget.state_dict()["last_cost_s"] == 2.0
+
+
 def test_a_step_is_decided_once() -> None:
     clock = FakeClock()
     budget = NTKBudget(10.0, every_step, clock=clock)
@@ -471,3 +496,97 @@ def test_bad_arguments_name_themselves(kwargs: dict, match: str) -> None:
 def test_expect_rejects_a_negative_cost() -> None:
     with pytest.raises(ValueError, match=r"seconds=-1\.0 must be a finite number >= 0\.0"):
         NTKBudget(0.05, every_step).expect(-1.0)
+
+
+# ---------------------------------------------------------------------------------------- in a Trainer
+class _Budgeted:
+    """The wiring a monitor gets, in a plain callback; the hooks move a fake clock (no real time)."""
+
+    def __new__(cls, *args, **kwargs):  # a Callback subclass built lazily: Lightning imports in seconds
+        from lightning.pytorch.callbacks import Callback
+
+        class Budgeted(Callback):
+            def __init__(self, overhead: float, step_s: float, cost: float, stop_at: int | None = None):
+                self.clock = FakeClock()
+                self.budget = NTKBudget(overhead, every_step, clock=self.clock)
+                self.step_s, self.cost, self.stop_at = step_s, cost, stop_at
+                self.taken: list[int] = []
+                self.decisions = 0
+
+            def on_train_start(self, trainer, pl_module) -> None:
+                self.budget.start(trainer.global_step, trainer.estimated_stepping_batches)
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+                with self.budget.paused():
+                    self.decisions += 1
+                    if self.budget.decide(trainer.global_step):
+                        with self.budget.sampling():
+                            self.clock.advance(self.cost)
+                        self.taken.append(trainer.global_step)
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+                self.clock.advance(self.step_s)  # each micro-batch's share of the step
+                if self.stop_at is not None and trainer.global_step >= self.stop_at:
+                    trainer.should_stop = True  # the run is interrupted here (then resumed)
+
+            def on_train_end(self, trainer, pl_module) -> None:
+                self.budget.finish()
+
+            def state_dict(self) -> dict:
+                return {"budget": self.budget.state_dict(), "taken": list(self.taken)}
+
+            def load_state_dict(self, state_dict: dict) -> None:
+                self.budget.load_state_dict(state_dict["budget"])
+                self.taken = list(state_dict["taken"])
+
+        return Budgeted(*args, **kwargs)
+
+
+def _fit(callback, max_steps: int, *, accumulate: int = 1, ckpt_path: str | None = None) -> object:
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tests._lightning_models import LinearRegression
+
+    pl.seed_everything(0, verbose=False)
+    data = TensorDataset(torch.randn(8, 3), torch.randn(8, 1))
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        accumulate_grad_batches=accumulate,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+    )
+    trainer.fit(LinearRegression(3, 0.01), DataLoader(data, batch_size=4), ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_in_a_trainer_a_resumed_run_takes_the_steps_of_an_uninterrupted_one(tmp_path) -> None:
+    straight = _Budgeted(0.1, 1.0, 2.0)
+    _fit(straight, 60)
+    expected, _, _ = run(0.1, 60, 1.0, 2.0)  # the same times, simulated without Lightning
+    assert straight.taken == expected and len(expected) == 3
+
+    first = _Budgeted(0.1, 1.0, 2.0, stop_at=30)
+    trainer = _fit(first, 60)
+    assert trainer.global_step == 30
+    trainer.save_checkpoint(tmp_path / "half.ckpt")
+    resumed = _Budgeted(0.1, 1.0, 2.0)
+    trainer = _fit(resumed, 60, ckpt_path=str(tmp_path / "half.ckpt"))
+    assert trainer.global_step == 60
+    assert resumed.taken == straight.taken
+    assert resumed.budget.spent_seconds == straight.budget.spent_seconds == 6.0
+    assert resumed.budget.trained_seconds == straight.budget.trained_seconds == 60.0
+
+
+def test_in_a_trainer_gradient_accumulation_decides_each_optimizer_step_once() -> None:
+    callback = _Budgeted(0.1, 1.0, 2.0)
+    _fit(callback, 40, accumulate=2)
+    assert callback.decisions == 80  # on_train_batch_start per micro-batch
+    expected, _, _ = run(0.1, 40, 2.0, 2.0)  # a step = two micro-batches of 1 s
+    assert callback.taken == expected and len(expected) == 4

@@ -173,6 +173,7 @@ class NTKBudget:
         self._total = total_steps
         self._origin: float | None = None
         self._excluded = 0.0
+        self._once_inside = 0.0  # time in one-time parts of samples (see sampling(once=True))
         self._depth = 0
         self._pause_start = 0.0
         self._last_decided: int | None = None
@@ -248,14 +249,26 @@ class NTKBudget:
                 self._excluded += self._clock() - self._pause_start
 
     @contextlib.contextmanager
-    def sampling(self) -> Iterator[None]:
-        """One NTK sample: its time is charged to the budget (and is not training time)."""
+    def sampling(self, *, once: bool = False) -> Iterator[None]:
+        """One NTK sample: its time is charged to the budget (and is not training time).
+
+        Args:
+            once: a one-time part of a sample, e.g. the kernel at ``θ_0`` computed with the first
+                sample: charged to the budget, but neither counted as a sample nor taken as the
+                expected cost of the next one (it may be nested in the sample's own ``sampling()``).
+        """
         with self.paused():
             started = self._clock()
+            once_before = self._once_inside
             try:
                 yield
             finally:
-                self._record(self._clock() - started)
+                elapsed = self._clock() - started
+                if once:
+                    self._spent += elapsed
+                    self._once_inside += elapsed
+                else:
+                    self._record(elapsed - (self._once_inside - once_before))
 
     @property
     def trained_seconds(self) -> float:
