@@ -492,7 +492,7 @@ MATRIX_FULL: dict[str, dict[str, Any]] = {
     # takes 3.8 s and one NTK sample 50 s on two cores, a 200-step fit 13 minutes.
     "resnet18": {
         "steps": 200,
-        "rounds": 1,
+        "rounds": 3,
         "warmup_steps": 3,
         "threads": 2,
         "batch": 32,
@@ -503,7 +503,7 @@ MATRIX_FULL: dict[str, dict[str, Any]] = {
     # step and 25-100 s per NTK sample on two cores).
     "transformer": {
         "steps": 200,
-        "rounds": 2,
+        "rounds": 3,
         "warmup_steps": 5,
         "threads": 2,
         "batch": 32,
