@@ -167,9 +167,9 @@ class NTKBudget:
         self._expected: float | None = None
         self.advice: str | None = None
         """The one "this run cannot afford a sample" message, once it has been given."""
-        self._start_fit(None, 0)
+        self._start_fit(None)
 
-    def _start_fit(self, total_steps: float | None, step: int) -> None:
+    def _start_fit(self, total_steps: float | None) -> None:
         self._total = total_steps
         self._origin: float | None = None
         self._excluded = 0.0
@@ -180,7 +180,6 @@ class NTKBudget:
         self._first: tuple[int, float] | None = None  # (step, τ) at this fit's first step
         self._second: tuple[int, float] | None = None  # ... at its second step
         self._last: tuple[int, float] | None = None  # ... at the latest step
-        self._start_step = step
 
     def start(
         self,
@@ -205,10 +204,12 @@ class NTKBudget:
         total: float | None = None
         if total_steps is not None and math.isfinite(float(total_steps)) and float(total_steps) > step:
             total = float(total_steps)
-        self._start_fit(total, step)
+        self._start_fit(total)
         self._broadcast = broadcast
         self._advise = advise
-        self._next_check = max(self._next_check, 0)
+        # Decide afresh at the fit's first candidate step (every rank starts from the same step and
+        # state, so they agree), whatever an earlier fit or the checkpoint planned.
+        self._next_check = step
         self._origin = self._clock()
 
     def finish(self) -> None:
@@ -326,7 +327,7 @@ class NTKBudget:
 
     def _observe(self, step: int) -> None:
         if self._origin is None:  # decide() without start(): start the clock here
-            self._start_fit(self._total, step)
+            self._start_fit(self._total)
             self._origin = self._clock()
         point = (step, self.trained_seconds)
         if self._first is None:
@@ -441,7 +442,6 @@ class NTKBudget:
             "last_sample_trained_s": self._last_sample_trained,
             "last_sample_step": self._last_sample_step,
             "step_s": self.step_seconds,
-            "next_check": self._next_check,
             "advice": self.advice,
         }
 
@@ -457,7 +457,6 @@ class NTKBudget:
         self._last_sample_step = int(state.get("last_sample_step", -1))
         step_s = state.get("step_s")
         self._carried_step_s = None if step_s is None else float(step_s)
-        self._next_check = int(state.get("next_check", 0))
         self.advice = state.get("advice")
 
     def __getstate__(self) -> dict[str, Any]:
