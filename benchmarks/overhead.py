@@ -1,4 +1,31 @@
-"""Wall-time overhead of each monitor on the two examples, measured side by side (issues 3 and 7).
+"""Wall-time overhead of the monitors, measured side by side: a model matrix and the two examples.
+
+Two sections (``--sections``, both by default):
+
+**matrix** — the default ``LPLRMonitor()`` against no monitor on four models, 200 steps each, at
+the Trainer's default ``log_every_n_steps`` (what a user who adds the callback gets):
+
+* ``mlp``: the MLP example (``examples/mlp.py``: full-batch GD, one step per epoch); also with
+  ``PLMonitor()`` and ``LinearRateMonitor()`` alone (the step-level monitors);
+* ``resnet18``: ResNet-18 in torchvision's layout for 32×32 inputs (BasicBlocks, BatchNorm) at a
+  quarter of its widths, 16-32-64-128 (0.70M parameters; at 64-128-256-512, 11.2M, one step
+  takes 3.8 s and one NTK sample 50 s on two cores), synthetic CIFAR, batch 32;
+* ``transformer``: ``lightning.pytorch.demos.Transformer`` (d_model 64) on synthetic token
+  streams, the NTK of the last position's log-probabilities (``output_fn``);
+* ``cifar_resnet``: the CIFAR example (``examples/cifar_resnet.py``, ResNet-20, synthetic data,
+  batch 128).
+
+Per model: a warm-up fit without a monitor and a 2-step one with it, then ``none`` and, per
+round, every monitored variant (order rotated) followed by ``none`` again; a round's paired
+ratio is to the mean of the two ``none`` fits around it. Reported: wall and CPU ratios, the
+in-fit estimate ``loop / (loop − time in the monitor's hooks)``, the NTK samples and their
+steps, the scalar points the monitor wrote (read back from the TensorBoard files) and at how
+many steps, against the targets in ``MATRIX_TARGETS``. ``--overhead X`` passes ``overhead=X``
+to ``LPLRMonitor`` where it takes that argument (detected with ``inspect.signature``), so the
+same script measures before and after the NTK budget.
+
+**examples** — every preset on the two examples at its NTK schedule (with ``overhead=None``
+where the monitor takes it: this section measures the schedules themselves):
 
 For each example, fits with and without a monitor run in one process, interleaved round by
 round (``none, pl, rate, ntk, lplr_cheap, lplr_default, lplr_full, none`` …, the order rotated
@@ -43,17 +70,22 @@ overhead is projected for other run lengths and NTK intervals:
 ``1 + (n_samples(schedule, T)·c_ntk + T·c_step) / (T·t_step)``.
 
 Usage:
-    python benchmarks/overhead.py                  # JSON to stdout (~6.5 min on two idle cores)
-    python benchmarks/overhead.py --table          # the markdown table instead of the JSON
+    python benchmarks/overhead.py                  # JSON to stdout (both sections)
+    python benchmarks/overhead.py --sections matrix --overhead 0.05 --out matrix.json
+    python benchmarks/overhead.py --sections examples    # the presets (~6.5 min on two idle cores)
+    python benchmarks/overhead.py --table          # the markdown tables instead of the JSON
     python benchmarks/overhead.py --quick          # tiny sizes, a smoke test
-    python benchmarks/overhead.py --table --from results.json   # table of an earlier run
+    python benchmarks/overhead.py --table --from results.json   # tables of an earlier run
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import itertools
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -184,7 +216,14 @@ def _monitor(variant: str, example: _Example, datamodule: Any, implementation: s
     preset = "default" if variant == "ntk" else variant.removeprefix("lplr_")
     kwargs = example.monitor_kwargs(datamodule, PRESETS[preset].probe_size)
     cls = NTKMonitor if variant == "ntk" else LPLRMonitor
+    if _accepts(cls, "overhead"):  # the study measures the schedules themselves: no budget
+        kwargs["overhead"] = None
     return cls(preset=preset, implementation=implementation, **kwargs)
+
+
+def _accepts(cls: Any, argument: str) -> bool:
+    """Whether ``cls(...)`` takes ``argument`` (so one script measures before and after a change)."""
+    return argument in inspect.signature(cls).parameters
 
 
 def _describe(variant: str) -> str:
@@ -198,19 +237,50 @@ def _describe(variant: str) -> str:
 
 # ---------------------------------------------------------------------------------------- one fit
 def _fit(example: _Example, variant: str, steps: int, logdir: str, implementation: str) -> dict[str, Any]:
+    return fit_once(
+        example, variant, lambda dm: _monitor(variant, example, dm, implementation), steps, logdir
+    )
+
+
+def _written(log_dir: str, prefix: str | None) -> tuple[int, int]:
+    """Scalar points under ``prefix`` in a TensorBoard run directory, and the steps they are at.
+
+    Read from the event files after the fit (the monitors write through the writer directly, not
+    always through ``log_metrics``), so it counts what reached the disk.
+    """
+    if prefix is None:
+        return 0, 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(log_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    points, steps = 0, set()
+    for tag in events.Tags().get("scalars", []):
+        if tag.startswith(prefix):
+            values = events.Scalars(tag)
+            points += len(values)
+            steps.update(v.step for v in values)
+    return points, len(steps)
+
+
+def fit_once(
+    example: Any, name: str, make_monitor: Callable[[Any], Any], steps: int, logdir: str
+) -> dict[str, Any]:
+    """One clocked fit of ``example`` with the callback ``make_monitor(datamodule)`` (``None``: none)."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
 
     pl.seed_everything(0, verbose=False)
     datamodule, model = example.build()
-    monitor = _monitor(variant, example, datamodule, implementation)
+    monitor = make_monitor(datamodule)
     timer = _timing.HookTimer(monitor) if monitor is not None else None
     clock = _timing.make_fit_clock()
+    logger = TensorBoardLogger(logdir, name=name, default_hp_metric=False)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
         callbacks=[clock] + ([monitor] if monitor is not None else []),
-        logger=TensorBoardLogger(logdir, name=variant, default_hp_metric=False),
+        logger=logger,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -223,6 +293,7 @@ def _fit(example: _Example, variant: str, steps: int, logdir: str, implementatio
     history = monitor.history if monitor is not None else {}
     ntk = [(s, v) for s, v in history.get("cost/ntk_seconds", [])]
     ntk_steps = [s for s, _ in ntk]
+    points, steps_written = _written(logger.log_dir, getattr(monitor, "prefix", None))
     return {
         "fit_s": fit_s,
         "train_s": clock.train_s,
@@ -236,6 +307,8 @@ def _fit(example: _Example, variant: str, steps: int, logdir: str, implementatio
         "ntk_seconds": [v for _, v in ntk],
         "ntk_cpu_seconds": timer.sample_cpu_s(ntk_steps) if timer is not None else [],
         "skipped": monitor.skipped if monitor is not None else {},
+        "points_written": points,
+        "steps_written": steps_written,
     }
 
 
@@ -406,6 +479,443 @@ def _analyse(
     }
 
 
+# ---------------------------------------------------------------------------------------- matrix
+# The default LPLRMonitor() against no monitor on a matrix of models, 200 steps each, with the
+# Trainer's default log_every_n_steps (what a user gets); on the MLP also the step-level monitors.
+MATRIX_MODELS = ("mlp", "resnet18", "transformer", "cifar_resnet")
+MATRIX_VARIANTS = {"mlp": ("none", "lplr", "pl", "rate")}  # every other model: none, lplr
+MATRIX_TARGETS = {"wall": 1.10, "hooks": 1.06, "ntk_samples": 1}
+"""Targets of ``LPLRMonitor()`` on every model: wall ratio, in-fit estimate, NTK samples in the run."""
+MATRIX_FULL: dict[str, dict[str, Any]] = {
+    "mlp": {"steps": 200, "rounds": 5, "warmup_steps": 20, "threads": 1},
+    # ResNet-18 at a quarter of its widths (0.70M parameters): at 64-128-256-512 (11.2M) one step
+    # takes 3.8 s and one NTK sample 50 s on two cores, a 200-step fit 13 minutes.
+    "resnet18": {
+        "steps": 200,
+        "rounds": 3,
+        "warmup_steps": 3,
+        "threads": 2,
+        "batch": 32,
+        "widths": [16, 32, 64, 128],
+        "train_size": 2048,
+    },
+    # The demo Transformer at d_model 64 (its default 200 with a 32-token vocabulary: 1.8 s per
+    # step and 25-100 s per NTK sample on two cores).
+    "transformer": {
+        "steps": 200,
+        "rounds": 3,
+        "warmup_steps": 5,
+        "threads": 2,
+        "batch": 32,
+        "seq": 16,
+        "vocab": 16,
+        "ninp": 64,
+        "nhid": 128,
+        "nlayers": 2,
+        "nhead": 2,
+    },
+    "cifar_resnet": {"steps": 200, "rounds": 1, "warmup_steps": 5, "threads": 2, "batch": 128},
+}
+MATRIX_QUICK: dict[str, dict[str, Any]] = {
+    "mlp": {"steps": 8, "rounds": 1, "warmup_steps": 2, "threads": 1},
+    "resnet18": {
+        "steps": 4,
+        "rounds": 1,
+        "warmup_steps": 1,
+        "threads": 2,
+        "batch": 8,
+        "widths": [8, 16, 32, 64],
+        "train_size": 64,
+    },
+    "transformer": {
+        "steps": 4,
+        "rounds": 1,
+        "warmup_steps": 1,
+        "threads": 2,
+        "batch": 8,
+        "seq": 8,
+        "vocab": 8,
+        "ninp": 16,
+        "nhid": 16,
+        "nlayers": 1,
+        "nhead": 2,
+    },
+    "cifar_resnet": {"steps": 4, "rounds": 1, "warmup_steps": 1, "threads": 2, "batch": 16},
+}
+
+
+class _MatrixMLP(_MLP):
+    """The MLP example (one step per epoch), at the Trainer's default ``log_every_n_steps``."""
+
+    def trainer_kwargs(self, steps: int) -> dict[str, Any]:
+        return {"max_epochs": steps}
+
+
+class _MatrixCIFAR(_CIFAR):
+    """The CIFAR example (synthetic data), at the Trainer's default ``log_every_n_steps``."""
+
+    def trainer_kwargs(self, steps: int) -> dict[str, Any]:
+        return {"max_steps": steps, "limit_val_batches": 0}
+
+
+def _classifier(net: Any, lr: float, momentum: float, weight_decay: float) -> Any:
+    """A LightningModule training ``net`` with cross-entropy and SGD (momentum)."""
+    import lightning.pytorch as pl
+    import torch
+    import torch.nn.functional as F
+
+    class Classifier(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: Any) -> Any:
+            return self.net(x)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            x, y = batch
+            loss = F.cross_entropy(self(x), y)
+            self.log("train/loss", loss, batch_size=x.shape[0])
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    return Classifier()
+
+
+def resnet18(widths: list[int], num_classes: int = 10) -> Any:
+    """The ResNet-18 layout of torchvision for 32×32 inputs: 3×3 stem, no max-pool, 4×2 BasicBlocks.
+
+    With widths 64-128-256-512 and 10 classes it has 11.17M parameters (torchvision's
+    ``resnet18(num_classes=10)`` has 11.18M: its stem is a 7×7 convolution).
+    """
+    from torch import nn
+
+    class BasicBlock(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.relu = nn.ReLU(inplace=True)
+            self.downsample: nn.Module | None = None
+            if stride != 1 or cin != cout:
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+                )
+
+        def forward(self, x: Any) -> Any:
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            identity = x if self.downsample is None else self.downsample(x)
+            return self.relu(out + identity)
+
+    class ResNet18(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(widths[0])
+            self.relu = nn.ReLU(inplace=True)
+            layers, cin = [], widths[0]
+            for i, cout in enumerate(widths):
+                layers += [BasicBlock(cin, cout, 1 if i == 0 else 2), BasicBlock(cout, cout, 1)]
+                cin = cout
+            self.layers = nn.Sequential(*layers)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(cin, num_classes)
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+        def forward(self, x: Any) -> Any:
+            out = self.layers(self.relu(self.bn1(self.conv1(x))))
+            return self.fc(self.pool(out).flatten(1))
+
+    return ResNet18()
+
+
+class _ResNet18(_Example):
+    name = "resnet18"
+
+    def __init__(self, quick: bool, settings: dict[str, Any]) -> None:
+        super().__init__(quick, settings)
+        from examples import cifar_resnet
+
+        self.mod = cifar_resnet
+        net = resnet18(settings["widths"])
+        params = sum(p.numel() for p in net.parameters())
+        self.description = (
+            f"ResNet-18 (torchvision layout, 3×3 stem for 32×32 inputs, BatchNorm, widths "
+            f"{'-'.join(map(str, settings['widths']))}, {params / 1e6:.2f}M parameters), SGD lr 0.05 "
+            f"momentum 0.9, synthetic CIFAR ({settings['train_size']} images), batch {settings['batch']}, "
+            f"{settings['steps']} steps"
+        )
+
+    def build(self) -> tuple[Any, Any]:
+        s = self.settings
+        dm = self.mod.CIFARDataModule(
+            synthetic=True, train_size=s["train_size"], val_size=32, batch_size=s["batch"]
+        )
+        dm.setup("fit")
+        return dm, _classifier(resnet18(s["widths"], dm.num_classes), 0.05, 0.9, 5e-4)
+
+    def trainer_kwargs(self, steps: int) -> dict[str, Any]:
+        return {"max_steps": steps, "limit_val_batches": 0}
+
+
+def _last_position(out: Any) -> Any:
+    """The transformer's log-probabilities at the last position, ``(B, vocab)``: its NTK output."""
+    return out[:, -1]
+
+
+class _Transformer(_Example):
+    name = "transformer"
+
+    def __init__(self, quick: bool, settings: dict[str, Any]) -> None:
+        super().__init__(quick, settings)
+        s = settings
+        self.description = (
+            f"lightning.pytorch.demos.Transformer (encoder-decoder, {s['nlayers']}+{s['nlayers']} layers, "
+            f"d_model {s['ninp']}, ffn {s['nhid']}, {s['nhead']} heads, dropout 0.2), vocabulary "
+            f"{s['vocab']}, synthetic token streams (next token = previous + 1 or 2), sequence {s['seq']}, "
+            f"batch {s['batch']}, SGD lr 0.1, {s['steps']} steps; the NTK of the last position's "
+            "log-probabilities (output_fn)"
+        )
+
+    def build(self) -> tuple[Any, Any]:
+        import lightning.pytorch as pl
+        import torch
+        import torch.nn.functional as F
+        from lightning.pytorch.demos import Transformer
+        from torch.utils.data import TensorDataset
+
+        s = self.settings
+        count = max(4 * s["batch"], 256)
+        g = torch.Generator().manual_seed(0)
+        stream = torch.randint(1, 3, (count * s["seq"] + 1,), generator=g).cumsum(0) % s["vocab"]
+        windows = torch.arange(count)[:, None] * s["seq"] + torch.arange(s["seq"])
+        data = TensorDataset(stream[windows], stream[windows + 1])
+        dm = pl.LightningDataModule.from_datasets(train_dataset=data, batch_size=s["batch"])
+
+        class TokenTransformer(pl.LightningModule):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = Transformer(
+                    vocab_size=s["vocab"],
+                    ninp=s["ninp"],
+                    nhead=s["nhead"],
+                    nhid=s["nhid"],
+                    nlayers=s["nlayers"],
+                )
+
+            def forward(self, x: Any) -> Any:
+                """Log-probabilities ``(B, T, vocab)`` of tokens ``(B, T)`` (decoder fed the input)."""
+                return self.model(x, x).view(x.shape[0], x.shape[1], -1)
+
+            def training_step(self, batch: Any, batch_idx: int) -> Any:
+                x, y = batch  # as the demo's LightningTransformer
+                loss = F.nll_loss(self.model(x, y), y.reshape(-1))
+                self.log("train/loss", loss, batch_size=x.shape[0])
+                return loss
+
+            def configure_optimizers(self) -> Any:
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        return dm, TokenTransformer()
+
+    def trainer_kwargs(self, steps: int) -> dict[str, Any]:
+        return {"max_steps": steps}
+
+
+MATRIX_BUILDERS: dict[str, type[_Example]] = {
+    "mlp": _MatrixMLP,
+    "resnet18": _ResNet18,
+    "transformer": _Transformer,
+    "cifar_resnet": _MatrixCIFAR,
+}
+
+
+def _matrix_monitor(variant: str, model: _Example, overhead: float | None) -> tuple[Any, dict[str, Any]]:
+    """The callback of a matrix variant and the arguments it was given (for the JSON)."""
+    from lightning_lplr import LinearRateMonitor, LPLRMonitor, PLMonitor
+
+    if variant == "none":
+        return None, {}
+    if variant == "pl":
+        return PLMonitor(), {}
+    if variant == "rate":
+        return LinearRateMonitor(), {}
+    kwargs: dict[str, Any] = {}
+    if model.quick:  # a smoke test: the smallest kernel that runs every code path
+        kwargs["probe_size"] = 4
+    if model.name == "transformer":
+        kwargs["output_fn"] = _last_position
+    if overhead is not None and _accepts(LPLRMonitor, "overhead"):
+        kwargs["overhead"] = overhead
+    shown = {k: (v.__name__ if callable(v) else v) for k, v in kwargs.items()}
+    return LPLRMonitor(**kwargs), shown
+
+
+def _matrix_label(variant: str, shown: dict[str, Any]) -> str:
+    if variant == "none":
+        return "no monitor"
+    if variant in ("pl", "rate"):
+        return {"pl": "PLMonitor()", "rate": "LinearRateMonitor()"}[variant]
+    return "LPLRMonitor(" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")"
+
+
+def run_matrix_model(model: _Example, overhead: float | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """Fits of one model with and without the monitors, interleaved; their ratios."""
+    import torch
+
+    s = model.settings
+    steps, rounds = s["steps"], s["rounds"]
+    torch.set_num_threads(s["threads"])
+    started = time.perf_counter()
+    variants = MATRIX_VARIANTS.get(model.name, ("none", "lplr"))
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    shown: dict[str, dict[str, Any]] = {}
+
+    def fit(variant: str, n: int) -> dict[str, Any]:
+        def make(dm: Any) -> Any:
+            monitor, shown[variant] = _matrix_monitor(variant, model, overhead)
+            return monitor
+
+        return fit_once(model, variant, make, n, logdir)
+
+    cold: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix=f"lplr_matrix_{model.name}_") as logdir:
+        log(f"{model.name}: warm-up")
+        fit("none", s["warmup_steps"])
+        first = fit("lplr", min(2, steps))  # first-call costs of the monitor's code paths
+        cold = {"warmup_ntk_steps": first["ntk_steps"], "warmup_ntk_seconds": first["ntk_seconds"]}
+        others = [v for v in variants if v != "none"]
+        nones = [fit("none", steps)]  # the rounds share their bracketing 'none' fits
+        log(f"  none: loop {nones[-1]['train_s']:.2f} s wall, {nones[-1]['train_cpu_s']:.2f} s cpu")
+        for r in range(rounds):
+            k = r % len(others)
+            order = [*others[k:], *others[:k]]
+            log(f"{model.name}: round {r + 1}/{rounds}: {' '.join(order)} none")
+            for variant in order:
+                rec = fit(variant, steps)
+                log(f"  {variant}: loop {rec['train_s']:.2f} s wall, {rec['train_cpu_s']:.2f} s cpu")
+                runs[variant].append(rec)
+            nones.append(fit("none", steps))
+            log(f"  none: loop {nones[-1]['train_s']:.2f} s wall, {nones[-1]['train_cpu_s']:.2f} s cpu")
+    runs["none"] = nones
+    brackets = [
+        {k: (a[k] + b[k]) / 2 for k in ("train_s", "train_cpu_s")} for a, b in itertools.pairwise(nones)
+    ]
+    out = _matrix_analyse(model, runs, brackets, shown)
+    out["warmup"] = cold
+    out["seconds"] = time.perf_counter() - started
+    return out
+
+
+def _matrix_analyse(
+    model: _Example,
+    runs: dict[str, list[dict[str, Any]]],
+    brackets: list[dict[str, float]],
+    shown: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    steps = model.settings["steps"]
+    base = {k: _timing.median([x[k] for x in runs["none"]]) for k in ("train_s", "train_cpu_s")}
+    variants: dict[str, Any] = {}
+    ratios: dict[str, Any] = {}
+    for v, recs in runs.items():
+        variants[v] = {
+            "monitor": _matrix_label(v, shown.get(v, {})),
+            "train_s": _timing.summarize(x["train_s"] for x in recs),
+            "train_cpu_s": _timing.summarize(x["train_cpu_s"] for x in recs),
+            "monitor_in_loop_s": _timing.summarize(x["monitor_in_loop_s"] for x in recs),
+            "monitor_in_loop_cpu_s": _timing.summarize(x["monitor_in_loop_cpu_s"] for x in recs),
+            "ntk_samples": len(recs[0]["ntk_steps"]) if recs else 0,
+            "ntk_steps": recs[0]["ntk_steps"] if recs else [],
+            "ntk_samples_per_fit": [len(x["ntk_steps"]) for x in recs],
+            "ntk_seconds_per_sample": _timing.summarize(c for x in recs for c in x["ntk_seconds"]),
+            "ntk_seconds_per_fit": _timing.summarize(sum(x["ntk_seconds"]) for x in recs),
+            "monitor_points_written": recs[0]["points_written"] if recs else 0,
+            "monitor_steps_written": recs[0]["steps_written"] if recs else 0,
+            "monitor_by_hook_s": _by_hook(recs),
+            "skipped": recs[0]["skipped"] if recs else {},
+        }
+        if v == "none":
+            continue
+        r: dict[str, Any] = {}
+        for key, clock, hooks_key in (
+            ("wall", "train_s", "monitor_in_loop_s"),
+            ("cpu", "train_cpu_s", "monitor_in_loop_cpu_s"),
+        ):
+            loops = [x[clock] for x in recs]
+            r[key] = _timing.safe_ratio(_timing.median(loops), base[clock])
+            r[f"{key}_paired"] = _timing.paired_ratio(loops, [b[clock] for b in brackets])
+            hooks = [x[clock] / (x[clock] - x[hooks_key]) for x in recs if x[clock] > x[hooks_key]]
+            r["hooks" if key == "wall" else "hooks_cpu"] = _timing.median(hooks)
+        if v == "lplr":
+            t = MATRIX_TARGETS
+            r["targets"] = dict(t)
+            r["meets_target"] = {
+                "wall": bool(r["wall"] <= t["wall"]),
+                "hooks": bool(r["hooks"] <= t["hooks"]),
+                "ntk_samples": bool(min(variants[v]["ntk_samples_per_fit"], default=0) >= t["ntk_samples"]),
+            }
+        ratios[v] = r
+    return {
+        "description": model.description,
+        "steps": steps,
+        "rounds": model.settings["rounds"],
+        "torch_threads": model.settings["threads"],
+        "trainer": model.trainer_kwargs(steps),
+        "order": "none, then each round's monitored fits (rotated) and a none; a round's ratio is to the "
+        "mean of the none fits around it",
+        "base_step_s": base["train_s"] / steps,
+        "base_step_cpu_s": base["train_cpu_s"] / steps,
+        "variants": variants,
+        "ratios": ratios,
+    }
+
+
+def matrix_table(result: dict[str, Any]) -> str:
+    """One row per (model, monitor) of a matrix result."""
+    matrix = result.get("matrix", {})
+    if not matrix:
+        return ""
+    settings = result.get("settings", {})
+    lines = [
+        f"Monitors against no monitor, {settings.get('matrix_note', '')}. wall / CPU: ratio of medians "
+        "(paired: median of per-round ratios); in-fit: loop / (loop − time in the monitor's hooks), "
+        "wall / CPU; targets for LPLRMonitor(): wall ≤ "
+        f"{MATRIX_TARGETS['wall']}, in-fit ≤ {MATRIX_TARGETS['hooks']}, ≥ {MATRIX_TARGETS['ntk_samples']} "
+        "NTK sample.",
+        "",
+        "| model | base step | monitor | rounds | wall (paired) | CPU (paired) | in-fit wall / CPU "
+        "| NTK samples: steps | s / sample | steps written | meets |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, ex in matrix.items():
+        for v, r in ex["ratios"].items():
+            var = ex["variants"][v]
+            meets = r.get("meets_target")
+            verdict = "" if meets is None else ", ".join(k for k, ok in meets.items() if not ok) or "all"
+            if meets is not None and verdict != "all":
+                verdict = "no: " + verdict
+            samples = f"{var['ntk_samples']}: {var['ntk_steps']}" if v == "lplr" else "–"
+            per = _fmt(var["ntk_seconds_per_sample"]["median"]) if v == "lplr" else "–"
+            lines.append(
+                f"| {name} | {ex['base_step_s'] * 1e3:.1f} ms | {var['monitor']} | {ex['rounds']} | "
+                f"{_fmt(r['wall'])} ({_fmt(r['wall_paired'])}) | "
+                f"{_fmt(r['cpu'])} ({_fmt(r['cpu_paired'])}) | "
+                f"{_fmt(r['hooks'])} / {_fmt(r['hooks_cpu'])} | {samples} | {per} | "
+                f"{var['monitor_steps_written']} | {verdict} |"
+            )
+    lines.append("")
+    for name, ex in matrix.items():
+        lines.append(f"* **{name}**: {ex['description']}; torch threads {ex['torch_threads']}.")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------- table
 def markdown_table(result: dict[str, Any]) -> str:
     """``preset × NTK interval → overhead`` for every example of a result."""
@@ -458,6 +968,16 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def tables(result: dict[str, Any]) -> str:
+    """The markdown of ``--table``: the matrix's table, then the examples' (where run)."""
+    parts = []
+    if result.get("matrix"):
+        parts.append(matrix_table(result))
+    if result.get("examples"):
+        parts.append(markdown_table(result))
+    return "\n\n".join(parts)
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
         return "n/a"
@@ -468,6 +988,9 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
 
     _timing.quiet_lightning()
+    sections = tuple(args.sections.split(","))
+    if not sections or any(x not in ("matrix", "examples") for x in sections):
+        raise SystemExit(f"--sections={args.sections!r}: pick from matrix, examples.")
     plan = json.loads(json.dumps(QUICK if args.quick else FULL))
     if args.mlp_steps:
         plan["mlp"]["steps"] = args.mlp_steps
@@ -485,9 +1008,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             p["rounds"] = args.rounds
         if args.threads:
             p["threads"] = args.threads
+    models = tuple(args.models.split(","))
+    if any(m not in MATRIX_MODELS for m in models):
+        raise SystemExit(f"--models={args.models!r}: pick from {','.join(MATRIX_MODELS)}.")
+    matrix_plan = {
+        m: dict(s) for m, s in (MATRIX_QUICK if args.quick else MATRIX_FULL).items() if m in models
+    }
+    for p in matrix_plan.values():
+        if args.matrix_steps:
+            p["steps"] = args.matrix_steps
+        if args.matrix_rounds:
+            p["rounds"] = args.matrix_rounds
+    from lightning_lplr import LPLRMonitor
+
+    supported = _accepts(LPLRMonitor, "overhead")
     result: dict[str, Any] = {
         **_timing.header("overhead", args.quick),
-        "settings": {"implementation": args.implementation, "plan": plan},
+        "settings": {
+            "implementation": args.implementation,
+            "sections": list(sections),
+            "overhead": args.overhead,
+            "overhead_supported": supported,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "matrix_note": (
+                "the default LPLRMonitor()"
+                + (f" with overhead={args.overhead}" if args.overhead is not None and supported else "")
+                + (
+                    " (--overhead ignored: this LPLRMonitor has no such argument)"
+                    if args.overhead is not None and not supported
+                    else ""
+                )
+                + ", the Trainer's default log_every_n_steps"
+            ),
+            "plan": plan if "examples" in sections else {},
+            "matrix_plan": matrix_plan if "matrix" in sections else {},
+        },
+        "matrix": {},
         "examples": {},
     }
     started = time.perf_counter()
@@ -497,12 +1053,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"[{time.perf_counter() - started:7.1f}s] {message}", file=sys.stderr, flush=True)
 
     _timing.ensure_importable()
-    builders = {"mlp": _MLP, "cifar_resnet": _CIFAR}
-    for name in args.examples.split(","):
-        example = builders[name](args.quick, plan[name])
-        result["examples"][name] = run_example(example, args.implementation, log)
+    if "matrix" in sections:
+        for name, settings in matrix_plan.items():
+            model = MATRIX_BUILDERS[name](args.quick, settings)
+            result["matrix"][name] = run_matrix_model(model, args.overhead, log)
+    if "examples" in sections:
+        builders = {"mlp": _MLP, "cifar_resnet": _CIFAR}
+        for name in args.examples.split(","):
+            example = builders[name](args.quick, plan[name])
+            result["examples"][name] = run_example(example, args.implementation, log)
     result["wall_seconds"] = time.perf_counter() - started
     result["load_average_at_end"] = _timing.load_average()
+    result["matrix_table_markdown"] = matrix_table(result)
     result["table_markdown"] = markdown_table(result)
     return result
 
@@ -511,19 +1073,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     p.add_argument("--out", default=None, help="also write the JSON here")
-    p.add_argument("--table", action="store_true", help="print the markdown table instead of the JSON")
+    p.add_argument("--table", action="store_true", help="print the markdown tables instead of the JSON")
     p.add_argument("--from", dest="source", default=None, help="with --table: render this earlier JSON")
+    p.add_argument(
+        "--sections", default="matrix,examples", help="comma-separated: matrix (models), examples (presets)"
+    )
+    p.add_argument("--models", default=",".join(MATRIX_MODELS), help="matrix models, comma-separated")
+    p.add_argument("--matrix-steps", type=int, default=0, help="steps of every matrix fit (default 200)")
+    p.add_argument(
+        "--matrix-rounds", type=int, default=0, help="rounds of every matrix model (default per model)"
+    )
+    p.add_argument(
+        "--overhead",
+        type=float,
+        default=None,
+        help="matrix: LPLRMonitor(overhead=X) where the monitor takes that argument (default: its default)",
+    )
     p.add_argument("--examples", default="mlp,cifar_resnet", help="comma-separated: mlp, cifar_resnet")
     p.add_argument("--mlp-steps", type=int, default=0, help="steps of the MLP fits (default 300)")
     p.add_argument("--cifar-steps", type=int, default=0, help="steps of the CIFAR fits (default 60)")
     p.add_argument("--cifar-batch", type=int, default=0, help="CIFAR batch size (default 128)")
-    p.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default MLP 3, CIFAR 1)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default MLP 1, CIFAR 2)")
     p.add_argument(
-        "--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants (with none)"
+        "--rounds", type=int, default=0, help="examples: interleaved rounds (default MLP 3, CIFAR 1)"
+    )
+    p.add_argument("--threads", type=int, default=0, help="examples: torch threads (default MLP 1, CIFAR 2)")
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="examples: comma-separated subset of the variants (with none)",
     )
     p.add_argument(
-        "--implementation", default="structured", help="NTK implementation of the monitors (their default)"
+        "--implementation", default="structured", help="examples: NTK implementation of the monitors"
     )
     p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     return p
@@ -537,7 +1117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = run(args)
         _timing.emit(result, args.out, stdout=not args.table)
     if args.table:
-        sys.stdout.write(markdown_table(result) + "\n")
+        sys.stdout.write(tables(result) + "\n")
     elif args.source:
         _timing.emit(result, None)
     return result

@@ -112,7 +112,34 @@ def test_overhead_benchmark_quick(tmp_path: Path) -> None:
     assert json.loads(out.read_text(encoding="utf-8")) == result
     assert result["benchmark"] == "overhead"
     _check_environment(result)
+    assert result["settings"]["sections"] == ["matrix", "examples"]
+    assert isinstance(result["settings"]["overhead_supported"], bool)
 
+    # The model matrix: the default LPLRMonitor() against no monitor (and the step-level monitors on the MLP).
+    assert set(result["matrix"]) == {"mlp", "resnet18", "transformer", "cifar_resnet"}
+    for name, model in result["matrix"].items():
+        expected = {"none", "lplr", "pl", "rate"} if name == "mlp" else {"none", "lplr"}
+        assert set(model["variants"]) == expected
+        assert set(model["ratios"]) == expected - {"none"}
+        assert _positive(model["base_step_s"]) and _positive(model["base_step_cpu_s"])
+        assert model["variants"]["none"]["train_s"]["n"] == model["rounds"] + 1  # the shared brackets
+        for variant in model["variants"].values():
+            _check_summary(variant["train_s"])
+            _check_summary(variant["train_cpu_s"])
+            assert variant["ntk_samples"] == len(variant["ntk_steps"])
+            assert isinstance(variant["monitor_steps_written"], int) and variant["monitor_steps_written"] >= 0
+        lplr = model["variants"]["lplr"]
+        assert lplr["monitor"].startswith("LPLRMonitor(")
+        assert lplr["ntk_steps"] == sorted(lplr["ntk_steps"])
+        assert all(0 <= s < model["steps"] for s in lplr["ntk_steps"])
+        for ratios in model["ratios"].values():
+            for key in ("wall", "wall_paired", "hooks", "cpu", "cpu_paired", "hooks_cpu"):
+                assert _positive(ratios[key]), key
+        assert model["ratios"]["lplr"]["targets"] == {"wall": 1.10, "hooks": 1.06, "ntk_samples": 1}
+        assert all(isinstance(v, bool) for v in model["ratios"]["lplr"]["meets_target"].values())
+    assert result["matrix"]["mlp"]["variants"]["pl"]["monitor_steps_written"] >= 1
+
+    # The presets on the two examples, at their schedules (no budget).
     variants = {"none", "pl", "rate", "ntk", "lplr_cheap", "lplr_default", "lplr_full"}
     assert set(result["examples"]) == {"mlp", "cifar_resnet"}
     for example in result["examples"].values():
@@ -143,11 +170,21 @@ def test_overhead_benchmark_quick(tmp_path: Path) -> None:
     assert result["examples"]["mlp"]["ratios"]["pl"]["target"] == 1.02
 
     table = _run("overhead.py", "--table", "--from", str(out)).stdout
-    assert table == result["table_markdown"] + "\n"
+    assert table == result["matrix_table_markdown"] + "\n\n" + result["table_markdown"] + "\n"
+    for name in result["matrix"]:
+        assert f"| {name} |" in table
     assert "| preset | ntk_every |" in table
     for preset in ("cheap", "default", "full"):
         assert f"| {preset} | default (log-spaced) |" in table
         assert f"| {preset} | 50 |" in table and f"| {preset} | 200 |" in table
+
+    # --overhead reaches the monitor where it takes the argument (before that, the JSON says so).
+    proc = _run("overhead.py", "--quick", "--sections", "matrix", "--models", "mlp", "--overhead", "0.25")
+    result = json.loads(proc.stdout)
+    assert set(result["matrix"]) == {"mlp"} and result["examples"] == {}
+    assert result["settings"]["overhead"] == 0.25
+    monitor = result["matrix"]["mlp"]["variants"]["lplr"]["monitor"]
+    assert ("overhead=0.25" in monitor) == result["settings"]["overhead_supported"]
 
 
 # The report benchmark's --quick run takes about 3 s on two idle cores (it writes a tiny event file
