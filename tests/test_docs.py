@@ -129,6 +129,19 @@ def test_every_relative_link_and_anchor_resolves(path: Path) -> None:
             assert anchor in _anchors(resolved), f"{path.name}: no heading for #{anchor} in {resolved.name}"
 
 
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: p.name)
+def test_every_table_row_has_the_header_s_cells(path: Path) -> None:
+    """A ``|`` inside a code span must be escaped (``\\|``), or GitHub splits the cell."""
+    width = None
+    for line in _prose(_text(path)).splitlines():
+        if not line.startswith("|"):
+            width = None
+            continue
+        cells = len(re.split(r"(?<!\\)\|", line.strip())) - 2
+        width = width or cells
+        assert cells == width, f"{path.name}: table row {line[:60]!r} has {cells} cells, the header {width}"
+
+
 def test_the_readme_links_every_page() -> None:
     text = _text(README)
     assert "docs/index.md" in text
