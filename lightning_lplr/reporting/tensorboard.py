@@ -4,15 +4,18 @@ These apply to every ``TensorBoardLogger`` of a run and are skipped for other lo
 
 **Paired series.** TensorBoard colours lines by *run*, not by tag, so two tags drawn in one chart
 (``ntk/lambda_min`` and ``ntk/lambda_max``, say) come out in the same colour. Every series of a
-:data:`PAIR_GROUPS` group is therefore also written (*mirrored*: the same steps, the same float32
-values) to a sub-run of its own, ``<log_dir>/lplr_pairs/<name>`` with ``<name>`` the key's last
-part (``lambda_min``), under one tag shared by the group, ``<prefix>pairs/<group>``
-(``lplr/pairs/ntk/spectrum``). TensorBoard's Scalars tab then shows one chart per group with one
-colour per series, and the multi-line charts of the custom-scalars layout point at those tags. The
-keys themselves stay in the run as they are; ``lightning-lplr report`` reads the run and ignores
-``lplr_pairs`` directories. The sub-run writers are opened when their first value arrives and
-flushed and closed with the end-of-fit text summary (:func:`add_text_summary`), or at interpreter
-exit when a fit ends on an error.
+:data:`PAIR_GROUPS` group is therefore also written (*mirrored*: the same steps, wall times and
+float32 values) to a sub-run of its own, ``<log_dir>/lplr_pairs/<group>/<name>`` (``/`` in the
+group's name written ``_``, ``<name>`` the key's last part: ``lplr_pairs/ntk_spectrum/lambda_min``)
+under one tag shared by the group, ``<prefix>pairs/<group>`` (``lplr/pairs/ntk/spectrum``).
+TensorBoard's Scalars tab then shows one chart per group with one colour per series, and the
+multi-line charts of the custom-scalars layout point at those tags. TensorBoard gives the i-th run,
+ordered by start time and then by name, the i-th colour of a palette of seven: a group's sub-runs
+sit next to each other in that order (one directory per group, created together, group by group),
+so the at most five series of a group get different colours. The keys themselves stay in the run
+as they are; ``lightning-lplr report`` reads the run and ignores ``lplr_pairs`` directories. The
+sub-run writers are opened when their first value arrives and flushed and closed with the end-of-fit
+text summary (:func:`add_text_summary`), or at interpreter exit when a fit ends on an error.
 
 **Tags.** The monitors' values are written under exactly the keys they log (``lplr/pl/gap``).
 The logger's own ``prefix`` (``TensorBoardLogger(prefix=...)``) is not applied to them: Lightning
@@ -29,6 +32,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -43,6 +47,7 @@ __all__ = [
     "LAYOUT_CHARTS",
     "PAIRS_DIR_NAME",
     "PAIR_GROUPS",
+    "PairMember",
     "add_eigenvalue_histogram",
     "add_pair_scalars",
     "add_scalars",
@@ -118,12 +123,27 @@ _CATEGORIES: tuple[tuple[str, dict[str, tuple[str, ...]]], ...] = (
     ("LPLR kernel kinds", KIND_LAYOUT_CHARTS),
 )
 _GROUP_OF_KEYS: dict[tuple[str, ...], str] = {keys: group for group, keys in PAIR_GROUPS.items()}
-_MEMBERS: tuple[tuple[str, str], ...] = tuple(
+_MEMBERS: tuple[tuple[str, str, tuple[int, int]], ...] = tuple(
     sorted(
-        ((key, group) for group, keys in PAIR_GROUPS.items() for key in keys),
+        (
+            (key, group, (g, k))
+            for g, (group, keys) in enumerate(PAIR_GROUPS.items())
+            for k, key in enumerate(keys)
+        ),
         key=lambda item: -len(item[0]),
     )
 )
+
+
+class PairMember(NamedTuple):
+    """Where a logged tag of a :data:`PAIR_GROUPS` group is mirrored."""
+
+    tag: str
+    """The tag shared by the group's sub-runs, ``<prefix>pairs/<group>``."""
+    run: str
+    """The sub-run, relative to the run's ``lplr_pairs`` directory: ``<group with _ for />/<name>``."""
+    order: tuple[int, int]
+    """(group, member) position in :data:`PAIR_GROUPS`: the order in which sub-runs are created."""
 
 
 def pair_tag(group: str, prefix: str) -> str:
@@ -137,8 +157,8 @@ def pair_tag(group: str, prefix: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def pair_member(tag: str) -> tuple[str, str] | None:
-    """``(shared tag, sub-run name)`` of a logged tag that belongs to a :data:`PAIR_GROUPS` group.
+def pair_member(tag: str) -> PairMember | None:
+    """Shared tag and sub-run of a logged tag that belongs to a :data:`PAIR_GROUPS` group.
 
     The monitor's prefix is whatever precedes the contract key in ``tag``.
 
@@ -146,17 +166,18 @@ def pair_member(tag: str) -> tuple[str, str] | None:
         ``None`` for a tag of no group.
 
     Example:
-        >>> pair_member("lplr/ntk/lambda_min")
-        ('lplr/pairs/ntk/spectrum', 'lambda_min')
-        >>> pair_member("probe_ntk_pseudo/lambda_max")
-        ('probe_pairs/ntk_pseudo/spectrum', 'lambda_max')
+        >>> pair_member("lplr/ntk/lambda_min")[:2]
+        ('lplr/pairs/ntk/spectrum', 'ntk_spectrum/lambda_min')
+        >>> pair_member("probe_ntk_pseudo/lambda_max")[:2]
+        ('probe_pairs/ntk_pseudo/spectrum', 'ntk_pseudo_spectrum/lambda_max')
         >>> pair_member("lplr/pl/gap") is None
         True
     """
-    for key, group in _MEMBERS:
+    for key, group, order in _MEMBERS:
         if tag.endswith(key):
             prefix = tag[: len(tag) - len(key)]
-            return pair_tag(group, prefix), key.rsplit("/", 1)[1]
+            run = group.replace("/", "_") + "/" + key.rsplit("/", 1)[1]
+            return PairMember(pair_tag(group, prefix), run, order)
     return None
 
 
@@ -277,8 +298,8 @@ _PAIR_WRITERS: dict[str, SummaryWriter] = {}
 """Open sub-run writers by directory (rank zero only: nothing else writes)."""
 
 
-def _pair_writer(logger: TensorBoardLogger, root: str, name: str) -> SummaryWriter:
-    directory = os.path.join(root, name)
+def _pair_writer(logger: TensorBoardLogger, root: str, run: str) -> SummaryWriter:
+    directory = os.path.join(root, *run.split("/"))
     writer = _PAIR_WRITERS.get(directory)
     if writer is None:
         main = logger.experiment
@@ -298,10 +319,10 @@ def add_pair_scalars(
 ) -> int:
     """Mirror the :data:`PAIR_GROUPS` series of ``samples`` into their sub-runs of ``logger``'s run.
 
-    Each value of a group's key is written, at its step and wall time, to
-    ``<log_dir>/lplr_pairs/<name>`` (``<name>`` the key's last part) under the group's shared tag
-    (:func:`pair_member`); the values of one step in one sub-run form one event. Sub-run writers
-    are opened on first use.
+    Each value of a group's key is written, at its step and wall time, to its sub-run
+    ``<log_dir>/lplr_pairs/<group>/<name>`` under the group's shared tag (:func:`pair_member`);
+    the values of one step in one sub-run form one event. Sub-run writers are opened on first use,
+    group by group in the order of :data:`PAIR_GROUPS`.
 
     Args:
         logger: any logger; only a ``TensorBoardLogger`` is written to.
@@ -316,7 +337,7 @@ def add_pair_scalars(
         >>> logger = TensorBoardLogger(tempfile.mkdtemp(), name="run")
         >>> add_pair_scalars(logger, [(0, {"lplr/ntk/lambda_min": 0.1, "lplr/ntk/lambda_max": 2.0})])
         2
-        >>> sorted(os.listdir(os.path.join(logger.log_dir, PAIRS_DIR_NAME)))
+        >>> sorted(os.listdir(os.path.join(logger.log_dir, PAIRS_DIR_NAME, "ntk_spectrum")))
         ['lambda_max', 'lambda_min']
         >>> close_pair_writers([logger])
     """
@@ -325,18 +346,20 @@ def add_pair_scalars(
     events = 0
     root = ""
     for k, (step, metrics) in enumerate(samples):
-        by_run: dict[str, list[Summary.Value]] = {}
+        by_run: dict[str, tuple[tuple[int, int], list[Summary.Value]]] = {}
         for tag, value in metrics.items():
             member = pair_member(tag)
             if member is not None:
-                shared, name = member
-                by_run.setdefault(name, []).append(Summary.Value(tag=shared, simple_value=float(value)))
+                _, values = by_run.setdefault(member.run, (member.order, []))
+                values.append(Summary.Value(tag=member.tag, simple_value=float(value)))
         if not by_run:
             continue
         root = root or os.path.join(logger.log_dir, PAIRS_DIR_NAME)
         walltime = _walltime(walltimes, k)
-        for name, values in by_run.items():
-            _pair_writer(logger, root, name).file_writer.add_summary(Summary(value=values), int(step), walltime)
+        for run, (_, values) in sorted(by_run.items(), key=lambda item: item[1][0]):
+            _pair_writer(logger, root, run).file_writer.add_summary(
+                Summary(value=values), int(step), walltime
+            )
             events += 1
     return events
 
