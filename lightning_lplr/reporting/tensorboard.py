@@ -367,6 +367,12 @@ def add_pair_scalars(
 def close_pair_writers(loggers: Sequence[Logger] | None = None) -> None:
     """Flush and close the open sub-run writers of ``loggers`` (every one for ``None``).
 
+    A later :func:`add_pair_scalars` opens them again (a new event file in the same sub-run).
+
+    Args:
+        loggers: the loggers whose sub-runs to close (others are skipped); ``None`` for all
+            (what runs at interpreter exit).
+
     Example:
         >>> close_pair_writers([])
     """
