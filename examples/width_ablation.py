@@ -27,6 +27,14 @@ Every number of the table comes from the run's ``lightning-lplr report`` documen
 ``linear_fraction`` share of the logged ``rate/regime`` codes that say "linear"
 ``inside_fraction`` share of NTK samples with ``region/inside = 1`` (``μ_cert > 0``)
 ``local``           loss finite and decreased, and the certificate held on ≥ 50 % of the NTK samples
+``lin_gap_rel``     final ``lin/gap_rel`` ``‖f_T − f_lin,T‖ / ‖f_T − f_0‖``: the share of the change of
+                    the outputs that the linearisation at ``θ₀`` does not explain
+``lazy_regime``     ``lazy``, ``transitional`` or ``left``: the further of ``lin/gap_rel`` and
+                    ``ntk/drift_op`` at their maxima, by the shared thresholds of
+                    :mod:`lightning_lplr.report.regimes` (``lin/gap_rel``: lazy < 0.1, left ≥ 0.5;
+                    ``ntk/drift_op``: lazy < 0.1, left ≥ 1)
+``left_step``       the first NTK sample at which either reached its "left" threshold: the step at which
+                    the run *leaves the local (lazy) regime*; empty when it never does
 ==================  ================================================================================
 
 With the defaults (teacher data n=16, d=32; depth-2 tanh MLPs of widths 64, 256, 1024 without
@@ -34,7 +42,10 @@ biases; 150 steps at ``η = 0.025``) ``η·β₀`` is about 0.37, 0.85 and 3.1: 
 inside the certified region, width 1024 takes the "catapult" route (the loss jumps up several-fold
 while the NTK moves until ``η·λ_max < 2``, then falls) and leaves the region; at the reduced step
 (``η·β₀ ≈ 0.37`` for every width) width 1024 stays put (NTK drift below 1 %) and the certificate
-holds throughout. A summary sentence at the end says whether this was observed, from the rows.
+holds throughout. The linearisation gap says the same directly: at the fixed step width 1024's
+``lin/gap_rel`` passes 0.5 at the first NTK sample after initialisation (the run leaves the lazy
+regime there) and ends about 250 times the reduced-step run's. A summary sentence at the end says
+whether this was observed, from the rows.
 
 Run:
     python examples/width_ablation.py                         # the sweep above, ~20 s on 2 CPU cores
@@ -70,13 +81,26 @@ import yaml
 from examples import mlp
 from examples._common import RunResult
 from examples.models import ACTIVATIONS
+from lightning_lplr.report.regimes import LAZY, LEFT, LIN_GAP_REL, NTK_DRIFT_OP, TRANSITIONAL
 
-__all__ = ["COLUMNS", "build_parser", "main", "render_markdown", "row_from_run", "summarize"]
+__all__ = [
+    "COLUMNS",
+    "GAP_RATIO",
+    "build_parser",
+    "lazy_columns",
+    "main",
+    "render_markdown",
+    "row_from_run",
+    "summarize",
+]
 
 WIDTHS, LR, STEPS, N, D, DEPTH, ACTIVATION = (64, 256, 1024), 0.025, 150, 16, 32, 2, "tanh"
 FAST = {"widths": [64, 1024], "steps": 40}
 INSIDE_THRESHOLD = 0.5
 """A run counts as "local" when the certificate held on at least this share of its NTK samples."""
+GAP_RATIO = 10.0
+"""The widest run's final ``lin/gap_rel`` at the fixed step is expected to be at least this multiple of
+its value at the reduced step."""
 
 COLUMNS = (
     "width",
@@ -94,6 +118,9 @@ COLUMNS = (
     "linear_fraction",
     "inside_fraction",
     "local",
+    "lin_gap_rel",
+    "lazy_regime",
+    "left_step",
     "seconds",
     "log_dir",
 )
@@ -115,6 +142,9 @@ _MARKDOWN = (
     ("linear_fraction", "linear"),
     ("inside_fraction", "inside"),
     ("local", "local"),
+    ("lin_gap_rel", "lin gap"),
+    ("lazy_regime", "lazy regime"),
+    ("left_step", "left at step"),
 )
 
 
@@ -134,6 +164,38 @@ def _longest_linear_span(run: dict[str, Any]) -> dict[str, Any] | None:
     if not spans:
         return None
     return max(spans, key=lambda s: (s["num_regime_samples"], -s["start_step"]))
+
+
+_ORDER = {LAZY: 0, TRANSITIONAL: 1, LEFT: 2}
+
+
+def lazy_columns(lazy: dict[str, Any]) -> dict[str, Any]:
+    """``lin_gap_rel``, ``lazy_regime`` and ``left_step`` from the ``lazy`` part of a run's report.
+
+    The report classifies ``lin/gap_rel`` and ``ntk/drift_op`` by the thresholds of
+    :mod:`lightning_lplr.report.regimes`; the row keeps the further of the two regimes and the
+    first step at which either reached "left".
+
+    Args:
+        lazy: ``{"lin_gap_rel": {...}, "ntk_drift_op": {...}}`` as in the report document.
+
+    Returns:
+        ``{"lin_gap_rel": final value or None, "lazy_regime": str or None, "left_step": int or None}``.
+
+    Example:
+        >>> gap = {"final": 0.6, "regime": "left", "first_step_left": 10}
+        >>> drift = {"final": 0.75, "regime": "transitional", "first_step_left": None}
+        >>> lazy_columns({"lin_gap_rel": gap, "ntk_drift_op": drift})
+        {'lin_gap_rel': 0.6, 'lazy_regime': 'left', 'left_step': 10}
+    """
+    parts = [lazy.get(name) or {} for name in ("lin_gap_rel", "ntk_drift_op")]
+    regimes = [p.get("regime") for p in parts if p.get("regime") in _ORDER]
+    left = [int(p["first_step_left"]) for p in parts if p.get("first_step_left") is not None]
+    return {
+        "lin_gap_rel": _num(parts[0].get("final")),
+        "lazy_regime": max(regimes, key=_ORDER.__getitem__) if regimes else None,
+        "left_step": min(left) if left else None,
+    }
 
 
 def row_from_run(width: int, step: str, lr: float, result: RunResult) -> dict[str, Any]:
@@ -183,6 +245,7 @@ def row_from_run(width: int, step: str, lr: float, result: RunResult) -> dict[st
         "linear_fraction": _num(run["linear_spans"]["fraction_linear"]),
         "inside_fraction": inside,
         "local": bool(local),
+        **lazy_columns(run.get("lazy") or {}),
         "seconds": round(float(result.seconds), 2),
         "log_dir": result.log_dir or "",
     }
@@ -213,7 +276,10 @@ def summarize(rows: Sequence[dict[str, Any]]) -> tuple[bool, str]:
     Expected: at the fixed step ``η·β₀`` grows with the width, the narrowest run converges
     without a loss spike, the widest is not local (it left the certified region, or diverged)
     and its NTK drift exceeds the narrowest's; at the reduced step the widest run is local again,
-    with a smaller NTK drift than at the fixed step. (Whether the *narrowest* run is certified is
+    with a smaller NTK drift than at the fixed step; by the linearisation gap, the widest run at the
+    fixed step leaves the lazy regime (``lin/gap_rel`` ≥ 0.5 or ``ntk/drift_op`` ≥ 1) while the reduced
+    step stays lazy, and its final ``lin/gap_rel`` is at least :data:`GAP_RATIO` times the reduced
+    step's (checked for rows that hold ``lin_gap_rel``). (Whether the *narrowest* run is certified is
     reported but not required: the certificate is conservative, and a narrow network is the
     least lazy one.)
 
@@ -248,13 +314,24 @@ def summarize(rows: Sequence[dict[str, Any]]) -> tuple[bool, str]:
         f"its NTK drift shrinks with the reduced step ({_fmt(wide['ntk_drift'])} → "
         f"{_fmt(wide_red['ntk_drift'])})": drift_red < drift_fixed,
     }
+    if "lin_gap_rel" in wide and "lin_gap_rel" in wide_red:  # rows of a run that logged lin/gap_rel
+        gap, gap_red = wide["lin_gap_rel"], wide_red["lin_gap_rel"]
+        checks[
+            f"width {wide['width']} at the fixed step left the lazy regime ({_left(wide)}) and the "
+            f"reduced step stays lazy ({_left(wide_red)})"
+        ] = wide.get("left_step") is not None and wide_red.get("lazy_regime") == LAZY
+        checks[
+            f"its final lin/gap_rel is at least {GAP_RATIO:g}× the reduced step's ({_fmt(gap)} vs "
+            f"{_fmt(gap_red)})"
+        ] = gap is not None and gap_red is not None and gap >= GAP_RATIO * gap_red
     observed = all(checks.values())
 
     def how(r: dict[str, Any]) -> str:
         if not math.isfinite(r["loss_final"]):
             return "diverged (non-finite loss)"
+        lazy = f"lin/gap_rel {_fmt(r['lin_gap_rel'])}, {_left(r)}, " if "lin_gap_rel" in r else ""
         return (
-            f"NTK drift {_fmt(r['ntk_drift'])}, parameter drift {_fmt(r['param_drift'])}, "
+            f"{lazy}NTK drift {_fmt(r['ntk_drift'])}, parameter drift {_fmt(r['param_drift'])}, "
             f"loss peak {_fmt(r['loss_peak'])} from {_fmt(r['loss_init'])}, "
             f"certificate held on {_fmt_pct(r['inside_fraction'])} of the NTK samples"
         )
@@ -273,6 +350,14 @@ def summarize(rows: Sequence[dict[str, Any]]) -> tuple[bool, str]:
     return observed, sentence
 
 
+def _left(row: dict[str, Any]) -> str:
+    """Where ``row``'s run left the lazy regime, in words."""
+    if row.get("left_step") is not None:
+        return f"left the lazy regime at step {row['left_step']}"
+    regime = row.get("lazy_regime")
+    return "lazy regime not measured" if regime is None else f"{regime} throughout"
+
+
 def _fmt_pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.0f} %"
 
@@ -283,7 +368,11 @@ def _fmt_pct(value: float | None) -> str:
 def render_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a GitHub markdown table (the columns of :data:`_MARKDOWN`)."""
     head = "| " + " | ".join(title for _, title in _MARKDOWN) + " |"
-    rule = "|" + "|".join("---:" if key not in ("step", "local") else ":---" for key, _ in _MARKDOWN) + "|"
+    rule = (
+        "|"
+        + "|".join("---:" if key not in ("step", "local", "lazy_regime") else ":---" for key, _ in _MARKDOWN)
+        + "|"
+    )
     body = ["| " + " | ".join(_fmt(row[key]) for key, _ in _MARKDOWN) + " |" for row in rows]
     return "\n".join([head, rule, *body])
 
@@ -311,7 +400,11 @@ def write_outputs(out: Path, rows: Sequence[dict[str, Any]], sentence: str, sett
         "η·β₀: `ntk/eta_beta` at step 0; drifts and PL envelope: final logged values; ρ fit / ρ pred: "
         "the report's fit over the longest linear span and the mean logged `rate/contraction_pred` "
         "there; linear / inside: shares of `rate/regime` samples that are linear and of NTK samples "
-        f"inside the certified region; local: loss decreased and inside ≥ {INSIDE_THRESHOLD:.0%}.\n",
+        f"inside the certified region; local: loss decreased and inside ≥ {INSIDE_THRESHOLD:.0%}; "
+        "lin gap: final `lin/gap_rel`; lazy regime: the further of `lin/gap_rel` (lazy < "
+        f"{LIN_GAP_REL.lazy_below:g}, left ≥ {LIN_GAP_REL.left_from:g}) and `ntk/drift_op` (lazy < "
+        f"{NTK_DRIFT_OP.lazy_below:g}, left ≥ {NTK_DRIFT_OP.left_from:g}) at their maxima; left at step: "
+        'the first NTK sample at which either reached "left".\n',
         encoding="utf-8",
     )
     paths["txt"].write_text(f"{settings}\n\n{table}\n\n{sentence}\n", encoding="utf-8")

@@ -10,7 +10,9 @@ the ``trainer.callback_metrics`` dict (on every rank) so that ``EarlyStopping`` 
 
 A ``TensorBoardLogger`` gets one event per step holding all of that step's scalars
 (:func:`lightning_lplr.reporting.tensorboard.add_scalars`) instead of one event per
-scalar: the same records a reader sees, at a fraction of the cost.
+scalar: the same records a reader sees, at a fraction of the cost. The series drawn
+together in one chart are also mirrored into sub-runs of their own, one colour each in
+TensorBoard (:func:`lightning_lplr.reporting.tensorboard.add_pair_scalars`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def write_samples(
     Non-finite values are written as they are (loggers accept NaN), so a reader sees that a
     quantity was undefined at that step. ``walltimes`` (seconds since the epoch, one per sample)
     date the TensorBoard events when the samples are written after their steps ended; other
-    loggers keep their own clock.
+    loggers keep their own clock. A ``TensorBoardLogger`` also gets the paired series mirrored
+    into its ``lplr_pairs`` sub-runs (see :mod:`lightning_lplr.reporting.tensorboard`).
     """
     if not samples or not trainer.is_global_zero:
         return
@@ -48,6 +51,7 @@ def write_samples(
         if not tb.add_scalars(logger, samples, walltimes=walltimes):
             for step, values in samples:
                 logger.log_metrics(dict(values), step=step)
+        tb.add_pair_scalars(logger, samples, walltimes=walltimes)
 
 
 def update_callback_metrics(trainer: pl.Trainer, samples: Sequence[tuple[int, Mapping[str, float]]]) -> None:
