@@ -284,7 +284,14 @@ def build_callbacks(args: argparse.Namespace | None) -> list[Callback]:
     fast = args is not None and args.fast
     if fast:
         return [
-            LPLRMonitor(preset="cheap", ntk_every=4, probe_size=8, loss_fn=F.cross_entropy, rate_min_points=5)
+            LPLRMonitor(
+                preset="cheap",
+                ntk_every=4,
+                probe_size=8,
+                loss_fn=F.cross_entropy,
+                rate_min_points=5,
+                overhead=None,  # a smoke run of a few steps: no budget would afford a sample
+            )
         ]
     return [LPLRMonitor(loss_fn=F.cross_entropy)]
 

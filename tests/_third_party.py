@@ -1,6 +1,6 @@
 """LightningModules and datasets written the way other people write them, for the real-model matrix.
 
-``tests/test_model_matrix.py`` trains each of these with the default ``LPLRMonitor()``. They are
+``tests/test_model_matrix.py`` trains each of these with the default ``LPLRMonitor(overhead=None)``. They are
 small (each fit takes seconds on 2 CPU cores) but keep the structure that matters to a monitor:
 dict batches and ``forward(**inputs)`` returning a ``ModelOutput``, a two-argument ``forward``,
 BatchNorm with strides and downsampling, frozen and tied parameters, datasets that augment with

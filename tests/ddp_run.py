@@ -109,7 +109,7 @@ def run(
     pl.seed_everything(0, verbose=False)
     model = Net(fail_at_step=fail_at_step).double()
     monitor = LPLRMonitor(
-        ntk_every=2, probe_size=PROBE, loss_fn=squared_loss, rate_min_points=4, rate_window=10
+        overhead=None, ntk_every=2, probe_size=PROBE, loss_fn=squared_loss, rate_min_points=4, rate_window=10
     )
     callbacks: list[pl.Callback] = [monitor, CloseProcessGroup()]
     if ckpt_every:

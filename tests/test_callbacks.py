@@ -60,7 +60,9 @@ def logged_run(tmp_path_factory):
     torch.manual_seed(0)
     x, y = regression_data(n=24)
     model = SmallNet(lr=0.05)
-    monitor = LPLRMonitor(ntk_every=NTK_EVERY, probe_size=24, loss_fn=squared_loss, rate_min_points=5)
+    monitor = LPLRMonitor(
+        overhead=None, ntk_every=NTK_EVERY, probe_size=24, loss_fn=squared_loss, rate_min_points=5
+    )
     loggers = [
         TensorBoardLogger(str(root / "tb"), name="run"),
         CSVLogger(str(root / "csv"), name="run"),
@@ -175,7 +177,7 @@ def test_probe_pl_ratio_and_mu_ntk_equal_an_autograd_oracle():
     snaps = _Snapshots(steps)
     torch.manual_seed(0)
     model = SmallNet(lr=0.05)
-    monitor = LPLRMonitor(ntk_every=4, probe_size=8, loss_fn=squared_loss, rate_min_points=3)
+    monitor = LPLRMonitor(overhead=None, ntk_every=4, probe_size=8, loss_fn=squared_loss, rate_min_points=3)
     _fit(model, loader(x, y), [snaps, monitor], max_steps=9)
     px, py = monitor._ntk.probe.x.double(), monitor._ntk.probe.y.double()
     eps32 = torch.finfo(torch.float32).eps
@@ -216,7 +218,7 @@ def test_linear_least_squares_rate_through_the_whole_stack():
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
     y = torch.randn(n, 1, generator=g, dtype=torch.float64)
     model = LinearRegression(d, lr).double()
-    monitor = LPLRMonitor(ntk_every=10, probe_size=n, rate_window=40)
+    monitor = LPLRMonitor(overhead=None, ntk_every=10, probe_size=n, rate_window=40)
     _fit(model, loader(x, y), [monitor], max_steps=150)
     eig = torch.linalg.eigvalsh(x @ x.T / n)
     exact = (1 - lr * eig[0].item()) ** 2
@@ -239,7 +241,11 @@ def test_weights_bit_identical_with_and_without_monitor(variant):
     for with_monitor in (False, True):
         pl.seed_everything(7, verbose=False)
         model = SmallNet(dropout=0.3 if variant == "dropout" else 0.0, batchnorm=variant == "batchnorm")
-        callbacks = [LPLRMonitor(ntk_every=2, probe_size=6, loss_fn=squared_loss)] if with_monitor else []
+        callbacks = (
+            [LPLRMonitor(overhead=None, ntk_every=2, probe_size=6, loss_fn=squared_loss)]
+            if with_monitor
+            else []
+        )
         _fit(model, loader(x, y, batch_size=10, shuffle=True), callbacks, max_steps=12)
         finals.append({k: v.clone() for k, v in model.state_dict().items()})
         rng_after = torch.get_rng_state()
@@ -257,7 +263,7 @@ def test_ntk_sample_restores_modes_every_rng_and_grads():
 
     model = SmallNet(dropout=0.2, batchnorm=True)
     x, y = regression_data(n=12)
-    monitor = LPLRMonitor(probe_size=4, probe=(x, y), loss_fn=squared_loss)
+    monitor = LPLRMonitor(overhead=None, probe_size=4, probe=(x, y), loss_fn=squared_loss)
     trainer = pl.Trainer(**trainer_kwargs(max_steps=1))
     model.trainer = trainer  # type: ignore[misc]
     part = monitor._ntk
@@ -290,7 +296,7 @@ def test_resume_logs_the_same_values_as_the_uninterrupted_run(tmp_path):
         torch.manual_seed(3)
         model = SmallNet(lr=0.1)
         monitor = LPLRMonitor(
-            ntk_every=3, probe_size=6, loss_fn=squared_loss, rate_min_points=4, rate_window=8
+            overhead=None, ntk_every=3, probe_size=6, loss_fn=squared_loss, rate_min_points=4, rate_window=8
         )
         callbacks = [monitor]
         kw = {}
@@ -337,6 +343,7 @@ def test_batched_writes_log_the_same_values_as_writing_every_step(tmp_path, loss
     for flush_every in (1, 7):
         torch.manual_seed(3)
         monitor = LPLRMonitor(
+            overhead=None,
             ntk_every=4,
             probe_size=6,
             loss_fn=squared_loss,
@@ -427,6 +434,7 @@ trainer:
         ntk_every: 2
         probe_size: 4
         rate_min_points: 3
+        overhead: null
 model:
   d: 6
 data:
@@ -466,7 +474,7 @@ class _NaNAfter(SmallNet):
 def test_nan_loss_is_skipped_counted_and_warned_once():
     x, y = regression_data(n=16)
     model = _NaNAfter()
-    monitor = LPLRMonitor(ntk_every=2, probe_size=4)
+    monitor = LPLRMonitor(overhead=None, ntk_every=2, probe_size=4)
     trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(max_steps=8))
     with pytest.warns(LPLRWarning, match="nonfinite_loss") as record:
         trainer.fit(model, loader(x, y))
@@ -505,7 +513,7 @@ def test_exception_inside_ntk_is_skipped_and_sampling_resumes(monkeypatch, error
 
     monkeypatch.setattr(mod, "empirical_ntk", flaky)
     x, y = regression_data(n=16)
-    monitor = NTKMonitor(ntk_every=2, probe_size=4)
+    monitor = NTKMonitor(overhead=None, ntk_every=2, probe_size=4)
     trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(max_steps=8))
     with pytest.warns(LPLRWarning, match="ntk_error"):
         trainer.fit(SmallNet(), loader(x, y))
@@ -517,7 +525,7 @@ def test_exception_inside_ntk_is_skipped_and_sampling_resumes(monkeypatch, error
 
 def test_probe_larger_than_dataset_is_a_clear_error():
     x, y = regression_data(n=5)
-    trainer = pl.Trainer(callbacks=[LPLRMonitor(probe_size=8)], **trainer_kwargs(max_steps=2))
+    trainer = pl.Trainer(callbacks=[LPLRMonitor(overhead=None, probe_size=8)], **trainer_kwargs(max_steps=2))
     with pytest.raises(ValueError, match=r"probe_size=8 is larger than the training dataset \(5 samples\)"):
         trainer.fit(SmallNet(), loader(x, y))
 
@@ -537,7 +545,7 @@ def test_dict_output_takes_its_tensor_and_output_fn_overrides():
     runs = {}
     for name, output_fn in (("default", None), ("explicit", lambda out: out["pred"])):
         torch.manual_seed(0)
-        monitor = NTKMonitor(probe_size=4, output_fn=output_fn)
+        monitor = NTKMonitor(overhead=None, probe_size=4, output_fn=output_fn)
         _fit(_DictOut(), loader(x, y), [monitor], max_steps=2)
         runs[name] = monitor.history["ntk/lambda_min"]
     assert len(runs["default"]) == 2 and runs["default"] == runs["explicit"]
@@ -554,7 +562,7 @@ class _NoTensorOut(SmallNet):
 
 def test_an_output_without_a_tensor_is_a_configuration_error_at_the_start():
     x, y = regression_data(n=8)
-    trainer = pl.Trainer(callbacks=[NTKMonitor(probe_size=4)], **trainer_kwargs(max_steps=2))
+    trainer = pl.Trainer(callbacks=[NTKMonitor(overhead=None, probe_size=4)], **trainer_kwargs(max_steps=2))
     with pytest.raises(ValueError, match=r"cannot run _NoTensorOut\.forward on the probe.*output_fn="):
         trainer.fit(_NoTensorOut(), loader(x, y))
     assert trainer.global_step == 0
@@ -569,27 +577,29 @@ def test_sharded_strategies_are_refused_at_setup(strategy):
     instance = cls() if strategy == "FSDPStrategy" else object.__new__(cls)
     trainer = type("T", (), {"strategy": instance})()
     with pytest.raises(ValueError, match=f"does not support strategy {strategy}.*strategy='ddp'"):
-        LPLRMonitor().setup(trainer, None, "fit")  # type: ignore[arg-type]
+        LPLRMonitor(overhead=None).setup(trainer, None, "fit")  # type: ignore[arg-type]
 
 
 def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="preset='fast'"):
-        LPLRMonitor(preset="fast")
+        LPLRMonitor(overhead=None, preset="fast")
     with pytest.raises(ValueError, match="kind='diagonal'"):
-        LPLRMonitor(kind="diagonal")
+        LPLRMonitor(overhead=None, kind="diagonal")
     with pytest.raises(ValueError, match="ntk_every=0"):
-        LPLRMonitor(ntk_every=0)
+        LPLRMonitor(overhead=None, ntk_every=0)
     with pytest.raises(ValueError, match="loss_star='min'"):
-        LPLRMonitor(loss_star="min")
+        LPLRMonitor(overhead=None, loss_star="min")
     with pytest.raises(ValueError, match="implementation='fast'"):
-        LPLRMonitor(implementation="fast")
+        LPLRMonitor(overhead=None, implementation="fast")
     with pytest.raises(ValueError, match="flush_every=0"):
-        LPLRMonitor(flush_every=0)
+        LPLRMonitor(overhead=None, flush_every=0)
 
 
 def test_no_logger_warns_once_and_fills_callback_metrics():
     x, y = regression_data(n=8)
-    trainer = pl.Trainer(callbacks=[LPLRMonitor(probe_size=4, ntk_every=1)], **trainer_kwargs(max_steps=3))
+    trainer = pl.Trainer(
+        callbacks=[LPLRMonitor(overhead=None, probe_size=4, ntk_every=1)], **trainer_kwargs(max_steps=3)
+    )
     with pytest.warns(LPLRWarning, match="no logger"):
         trainer.fit(SmallNet(), loader(x, y))
     assert "lplr/ntk/lambda_min" in trainer.callback_metrics
@@ -615,7 +625,7 @@ def test_gradient_accumulation_averages_the_micro_batch_losses():
 
 def test_bf16_autocast_on_cpu():
     x, y = regression_data(n=16)
-    monitor = LPLRMonitor(ntk_every=2, probe_size=4, loss_fn=squared_loss, rate_min_points=3)
+    monitor = LPLRMonitor(overhead=None, ntk_every=2, probe_size=4, loss_fn=squared_loss, rate_min_points=3)
     trainer = _fit(SmallNet(), loader(x, y), [monitor], max_steps=6, precision="bf16-mixed")
     assert trainer.global_step == 6
     lam = [v for _, v in monitor.history["ntk/lambda_min"]]
@@ -626,7 +636,7 @@ def test_bf16_autocast_on_cpu():
 def test_frozen_submodule_is_left_out_of_the_ntk():
     x, y = regression_data(n=16)
     model = SmallNet(freeze_first=True)
-    monitor = NTKMonitor(ntk_every=2, probe_size=4)
+    monitor = NTKMonitor(overhead=None, ntk_every=2, probe_size=4)
     _fit(model, loader(x, y), [monitor], max_steps=4)
     # With the first layer frozen, only the last Linear's parameters count: its NTK is
     # (H Hᵀ + 1) ⊗ I with H the frozen features, so trace(Θ) = Σ_i (‖h_i‖² + 1) · O / m.
@@ -641,7 +651,7 @@ def test_frozen_submodule_is_left_out_of_the_ntk():
 def test_validation_loops_do_not_disturb_the_monitor():
     x, y = regression_data(n=16)
     model = SmallNet(validate=True)
-    monitor = LPLRMonitor(ntk_every=2, probe_size=4, rate_min_points=3)
+    monitor = LPLRMonitor(overhead=None, ntk_every=2, probe_size=4, rate_min_points=3)
     trainer = pl.Trainer(
         callbacks=[monitor], **trainer_kwargs(max_epochs=6, val_check_interval=1, num_sanity_val_steps=2)
     )
@@ -655,7 +665,11 @@ def test_validation_loops_do_not_disturb_the_monitor():
 
 def test_the_parts_log_only_their_keys():
     x, y = regression_data(n=16)
-    monitors = [NTKMonitor(ntk_every=2, probe_size=4), PLMonitor(), LinearRateMonitor(rate_min_points=3)]
+    monitors = [
+        NTKMonitor(overhead=None, ntk_every=2, probe_size=4),
+        PLMonitor(),
+        LinearRateMonitor(rate_min_points=3),
+    ]
     _fit(SmallNet(), loader(x, y), monitors, max_steps=5)
     ntk, plm, rate = (set(m.history) for m in monitors)
     assert {k.split("/")[0] for k in ntk} == {"ntk", "param", "region", "cost", "lin"}
@@ -669,7 +683,7 @@ def test_the_parts_log_only_their_keys():
 
 def test_tensorboard_text_summary_matches_monitor(tmp_path: Path):
     x, y = regression_data(n=16)
-    monitor = LPLRMonitor(ntk_every=2, probe_size=4, rate_min_points=3)
+    monitor = LPLRMonitor(overhead=None, ntk_every=2, probe_size=4, rate_min_points=3)
     _fit(SmallNet(), loader(x, y), [monitor], max_steps=6, logger=TensorBoardLogger(str(tmp_path)))
     text = monitor.summary_markdown()
     # The report's own rendering of the monitor's history, marker included.
@@ -696,7 +710,11 @@ def test_memory_budget_reaches_the_ntk_and_leaves_values_unchanged():
     for budget in (None, 120_000):  # 120 kB in float64: the probe is cut into chunks of 3 samples
         torch.manual_seed(0)
         monitor = NTKMonitor(
-            ntk_every=2, probe_size=12, max_memory_bytes=budget, implementation="jacobian_contraction"
+            overhead=None,
+            ntk_every=2,
+            probe_size=12,
+            max_memory_bytes=budget,
+            implementation="jacobian_contraction",
         )
         _fit(SmallNet(width=64), loader(x.double(), y.double()), [monitor], max_steps=4, precision="64-true")
         runs.append(monitor.history)
@@ -705,7 +723,7 @@ def test_memory_budget_reaches_the_ntk_and_leaves_values_unchanged():
         for (s1, a), (s2, b) in zip(runs[0][key], runs[1][key], strict=True):
             assert s1 == s2 and b == pytest.approx(a, rel=1e-9, abs=1e-12), key
     with pytest.raises(ValueError, match="max_memory_bytes=-1"):
-        NTKMonitor(max_memory_bytes=-1)
+        NTKMonitor(overhead=None, max_memory_bytes=-1)
 
 
 # ---------------------------------------------------------------------------- batched path: edges
@@ -726,7 +744,12 @@ def test_a_tensor_step_size_is_read_at_its_step():
         torch.manual_seed(0)
         # Full batch, the probe is the training set, plain SGD: the prediction applies at every step.
         monitor = LPLRMonitor(
-            flush_every=flush_every, rate_min_points=3, probe_size=16, loss_fn=squared_loss, ntk_every=4
+            overhead=None,
+            flush_every=flush_every,
+            rate_min_points=3,
+            probe_size=16,
+            loss_fn=squared_loss,
+            ntk_every=4,
         )
         _fit(_TensorLrScheduled(), loader(x, y), [monitor], max_steps=12)
         runs[flush_every] = monitor.history["rate/contraction_pred"]
@@ -784,7 +807,12 @@ def test_sparse_schedules_are_written_within_flush_every_steps():
     """An NTK sample is visible when its step ends; a sparse step_every within flush_every steps."""
     x, y = regression_data(n=16)
     ntk_reader = _ReadsCallbackMetrics("lplr/ntk/lambda_min")
-    _fit(SmallNet(), loader(x, y), [NTKMonitor(ntk_every=10, probe_size=4), ntk_reader], max_steps=12)
+    _fit(
+        SmallNet(),
+        loader(x, y),
+        [NTKMonitor(overhead=None, ntk_every=10, probe_size=4), ntk_reader],
+        max_steps=12,
+    )
     assert ntk_reader.seen[0][1] is not None  # step 0's sample, at the end of step 0
     gap_reader = _ReadsCallbackMetrics("lplr/pl/gap")
     _fit(SmallNet(), loader(x, y), [PLMonitor(step_every=10, flush_every=5), gap_reader], max_steps=12)
@@ -831,7 +859,7 @@ def test_sub_monitors_take_only_their_own_arguments():
     assert set(inspect.signature(LPLRMonitor.__init__).parameters) - {"self"} == LPLR_ARGUMENTS
     # An LPLRMonitor argument a part ignores: one release of FutureWarning, then an error.
     with pytest.warns(FutureWarning, match=r"NTKMonitor ignores \['rate_window'\]"):
-        NTKMonitor(rate_window=10)
+        NTKMonitor(overhead=None, rate_window=10)
     with pytest.warns(FutureWarning, match=r"LinearRateMonitor ignores \['kind', 'loss_fn'\]"):
         LinearRateMonitor(kind="full", loss_fn=squared_loss)
     with pytest.warns(FutureWarning, match=r"PLMonitor ignores \['rate_min_points'\]"):
@@ -841,7 +869,7 @@ def test_sub_monitors_take_only_their_own_arguments():
     # Their own arguments pass without a warning.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        NTKMonitor(kind="trace", probe_size=8, loss_fn=squared_loss, loss_star=0.1)
+        NTKMonitor(overhead=None, kind="trace", probe_size=8, loss_fn=squared_loss, loss_star=0.1)
         PLMonitor(envelope_window=20, loss_fn=squared_loss, probe_size=4)
         LinearRateMonitor(rate_window=20, rate_min_points=5, loss_star="fit")
 
@@ -862,7 +890,7 @@ def test_sub_monitors_take_only_their_own_arguments():
 )
 def test_every_argument_is_checked_in_init(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        LPLRMonitor(**kwargs)
+        LPLRMonitor(overhead=None, **kwargs)
 
 
 def test_a_failing_ntk_backs_off_exponentially_over_scheduled_steps(monkeypatch):
@@ -877,7 +905,7 @@ def test_a_failing_ntk_backs_off_exponentially_over_scheduled_steps(monkeypatch)
 
     monkeypatch.setattr(mod, "empirical_ntk", always_fails)
     x, y = regression_data(n=16)
-    monitor = NTKMonitor(ntk_every=2, probe_size=4)
+    monitor = NTKMonitor(overhead=None, ntk_every=2, probe_size=4)
     steps = []
     original = monitor._ntk.sample
 
@@ -898,7 +926,7 @@ def test_a_failing_ntk_backs_off_exponentially_over_scheduled_steps(monkeypatch)
 def test_step_values_are_written_at_log_every_n_steps_and_computed_every_step(tmp_path):
     """Loggers get step-level values every log_every_n_steps steps (and the last); NTK samples always."""
     x, y = regression_data(n=16)
-    monitor = LPLRMonitor(ntk_every=7, probe_size=16, loss_fn=squared_loss, rate_min_points=3)
+    monitor = LPLRMonitor(overhead=None, ntk_every=7, probe_size=16, loss_fn=squared_loss, rate_min_points=3)
     logger = CSVLogger(str(tmp_path), name="run")
     _fit(SmallNet(), loader(x, y), [monitor], max_steps=23, logger=logger, log_every_n_steps=5)
     with next(tmp_path.rglob("metrics.csv")).open() as fh:

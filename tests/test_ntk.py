@@ -2,7 +2,7 @@
 
 The oracle is written here, independently of the package: ``torch.autograd.functional.jacobian``
 of the flattened batch outputs with respect to one flat parameter vector gives ``J`` with rows
-``i·O + a`` (DESIGN.md §2), and every kind is derived from ``J``. Implementations are found by
+``i·O + a`` (docs/kernels.md), and every kind is derived from ``J``. Implementations are found by
 iterating :class:`NTKImplementation`, so a new one is tested without touching this file.
 """
 

@@ -92,7 +92,7 @@ def test_squared_loss_pl_ratio_lies_in_normalised_ntk_spectrum(mlp_and_probe) ->
     assert isinstance(bounds, NTKPLBounds)
     assert bounds.lower <= ratio <= bounds.upper
     assert bounds.grad_norm_sq_lower <= grad_norm_sq <= bounds.grad_norm_sq_upper
-    # DESIGN §2: for L = 1/(2m)Σ‖r‖² the bounds reduce to λ_min/max(JJᵀ/m) exactly (algebra, 1e-10).
+    # For L = 1/(2m)Σ‖r‖² the bounds reduce to λ_min/max(JJᵀ/m) exactly (algebra, 1e-10).
     assert bounds.lower == pytest.approx(stats.lambda_min, rel=1e-10)
     assert bounds.upper == pytest.approx(stats.lambda_max, rel=1e-10)
 

@@ -43,7 +43,7 @@ def _fit(root: Path, **monitor_kw) -> TensorBoardLogger:
     pl.seed_everything(0, verbose=False)
     x, y = regression_data(n=16)
     logger = TensorBoardLogger(str(root), name="run")
-    monitor = LPLRMonitor(probe_size=16, loss_fn=squared_loss, rate_min_points=4, **monitor_kw)
+    monitor = LPLRMonitor(overhead=None, probe_size=16, loss_fn=squared_loss, rate_min_points=4, **monitor_kw)
     trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(logger=logger, max_steps=STEPS))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LPLRWarning)

@@ -31,7 +31,7 @@ __all__ = [
     "reject_ignored",
 ]
 
-MONITOR_KINDS = ("full", "trace", "pseudo")
+MONITOR_KINDS = ("full", "trace", "pseudo", "loss_gram")
 NORM_MODES = ("probe", "train", "eval")
 LOSS_STAR_STRATEGIES = ("zero", "running_min", "fit")
 
@@ -97,6 +97,9 @@ class NTKConfig:
     max_memory_bytes: int | None = None
     norm_mode: str = "probe"
     full_batch: bool | None = None
+    overhead: float | None = 0.05
+    ntk_every_explicit: bool = False
+    """Whether the user chose ``ntk_every`` (then its steps are the budget's candidates)."""
     probe_size_explicit: bool = False
     """Whether the user chose ``probe_size`` (then a larger one than the dataset is an error)."""
 
@@ -110,6 +113,16 @@ class NTKConfig:
         """
         kw = _fields_of(cls, arguments)
         kw["probe_size_explicit"] = kw.get("probe_size") is not None
+        kw["ntk_every_explicit"] = kw.get("ntk_every") is not None
+        check_float(
+            "overhead",
+            kw.get("overhead", 0.05),
+            minimum=0.0,
+            strict=True,
+            allow_none=True,
+            hint="It is the NTK time allowed per second of training (0.05: 5 %); None samples at every "
+            "step of ntk_every.",
+        )
         preset = PRESETS[check_choice("preset", kw.get("preset", "default"), PRESETS, hint="e.g. 'cheap'.")]
         for name in ("kind", "probe_size", "ntk_every"):
             if kw.get(name) is None:
@@ -132,6 +145,11 @@ class NTKConfig:
         for name in ("input_fn", "target_fn", "output_fn"):
             check_callable(name, kw.get(name), signature=f"{name}(batch_or_output)")
         check_callable("loss_fn", kw.get("loss_fn"), signature="loss_fn(outputs, targets) -> scalar")
+        if kw["kind"] == "loss_gram" and kw.get("loss_fn") is None:
+            raise ValueError(
+                "kind='loss_gram' is the Gram of the probe's per-sample loss gradients: pass loss_fn= "
+                "(the loss you train with), or another kind."
+            )
         check_choice("norm_mode", kw.get("norm_mode", "probe"), NORM_MODES, hint="See docs/normalization.md.")
         if kw.get("full_batch") not in (None, True, False):
             raise ValueError(f"full_batch={kw['full_batch']!r} must be None (detect), True or False.")
@@ -208,6 +226,7 @@ LPLR_ARGUMENTS = frozenset(
         "log_histograms",
         "norm_mode",
         "full_batch",
+        "overhead",
     }
 )
 """Every argument of :class:`~lightning_lplr.LPLRMonitor` (a test keeps it equal to the signature)."""

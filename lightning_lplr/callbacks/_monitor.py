@@ -8,6 +8,7 @@ size), hands batches of steps to the parts, and writes what they return to every
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import weakref
@@ -49,7 +50,7 @@ from lightning_lplr.callbacks._step_parts import GapSeries, PLPart, RatePart
 from lightning_lplr.report import render_markdown, render_text, report_from_history
 from lightning_lplr.reporting import tensorboard as tb
 from lightning_lplr.reporting.fanout import update_callback_metrics, write_marker
-from lightning_lplr.reporting.keys import ALL_KEYS, SKIP_KEYS
+from lightning_lplr.reporting.keys import ALL_KEYS, HISTOGRAM_KEYS, KIND_PREFIXES, SKIP_KEYS
 
 __all__ = ["Monitor"]
 
@@ -212,6 +213,14 @@ class Monitor(Callback):
         ntk = self._ntk
         if ntk is not None:
             ntk.on_train_start(trainer, pl_module, self._collective)
+            if ntk.budget is not None:
+                collective = self._collective
+                ntk.budget.start(
+                    trainer.global_step,
+                    trainer.estimated_stepping_batches,
+                    broadcast=(lambda d: collective.broadcast(d, src=0)) if trainer.world_size > 1 else None,
+                    advise=lambda message: self._journal.warn_once("ntk_budget", message),
+                )
         self._conditions = RunConditions.of(
             trainer,
             pl_module,
@@ -219,7 +228,7 @@ class Monitor(Callback):
             probe_from_training_set=ntk is not None and ntk.config.probe is None,
             full_batch=None if ntk is None else ntk.config.full_batch,
         )
-        full_kernel = ntk is not None and ntk.with_kernel and ntk.config.kind == "full"
+        full_kernel = ntk is not None and ntk.with_kernel and ntk.kind == "full"  # after the memory plan
         has_loss_fn = ntk is not None and ntk.config.loss_fn is not None
         self._loss_pred_reason = loss_pred_reason(
             self._conditions, list(trainer.optimizers), full_kernel=full_kernel, has_loss_fn=has_loss_fn
@@ -236,7 +245,7 @@ class Monitor(Callback):
         self._marker = run_marker(
             monitor=type(self).__name__,
             prefix=self.prefix,
-            kernel_kind=ntk.config.kind if ntk is not None and ntk.with_kernel else None,
+            kernel_kind=ntk.kind if ntk is not None and ntk.with_kernel else None,
             norm_mode=None if ntk is None else ntk.config.norm_mode,
             loss_fn=None if ntk is None else ntk.config.loss_fn,
             loss_star=None if self._gaps is None else self._gaps.loss_star,
@@ -250,69 +259,89 @@ class Monitor(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        t = trainer.global_step
-        config = self._step_config
-        wants_step = config is not None and (self._pl is not None or self._rate is not None)
-        record = self._buffer.begin(t, wants_step and bool(config and config.step_every(t)))
-        ntk = self._ntk
-        if ntk is None or not ntk.wants(t):
-            return
-        self._flush(trainer)  # the earlier steps first: they are described by the previous sample
-        metrics = ntk.sample(pl_module, t, self._collective, _current_lr(trainer), self._loss_pred_reason)
-        record.probe.update(metrics)
-        if self.log_histograms and ntk.eigenvalues is not None and trainer.is_global_zero:
-            tb.add_eigenvalue_histogram(trainer.loggers, self.prefix + "ntk/eigenvalues", ntk.eigenvalues, t)
+        with self._paused():
+            t = trainer.global_step
+            config = self._step_config
+            wants_step = config is not None and (self._pl is not None or self._rate is not None)
+            record = self._buffer.begin(t, wants_step and bool(config and config.step_every(t)))
+            ntk = self._ntk
+            if ntk is None or not ntk.wants(t):  # every rank decides at every step
+                return
+            self._flush(trainer)  # the earlier steps first: they are described by the previous sample
+            if ntk.needs_reference(t):
+                with self._sampling(once=True):  # Θ_0 at θ_0: charged once, not the cost of a sample
+                    ntk.reference(pl_module, self._collective)
+            with self._sampling():
+                lr = _current_lr(trainer)
+                record.probe.update(ntk.sample(pl_module, t, self._collective, lr, self._loss_pred_reason))
+                if self.log_histograms and ntk.eigenvalues is not None and trainer.is_global_zero:
+                    tag = self.prefix + HISTOGRAM_KEYS[list(KIND_PREFIXES).index(ntk.kind)]
+                    tb.add_eigenvalue_histogram(trainer.loggers, tag, ntk.eigenvalues, t)
+
+    def _paused(self) -> contextlib.AbstractContextManager[None]:
+        """The monitor's own work: not training time for the overhead budget."""
+        budget = None if self._ntk is None else self._ntk.budget
+        return contextlib.nullcontext() if budget is None else budget.paused()
+
+    def _sampling(self, *, once: bool = False) -> contextlib.AbstractContextManager[None]:
+        """An NTK sample: charged to the overhead budget."""
+        budget = None if self._ntk is None else self._ntk.budget
+        return contextlib.nullcontext() if budget is None else budget.sampling(once=once)
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        record = self._buffer.current
-        if record is None:
-            return
-        record.optimizers += 1
-        if record.optimizers == 1:  # the first optimizer's step size and type
-            lr = optimizer.param_groups[0].get("lr", math.nan)
-            # A tensor lr is updated in place by schedulers: keep its value at this step.
-            record.lr = lr.detach().clone() if isinstance(lr, Tensor) else lr
-            record.optimizer = optimizer_info(optimizer)
-            if self._ntk is not None:
-                self._ntk.quantities.observe_lr(float(lr))
-        if not record.wants_step:
-            return
-        norm = grad_norm(optimizer)
-        if norm is not None:
-            # Several optimizers stepping in one batch (manual optimization) apply disjoint
-            # parts of the gradient: their squared norms add up (the PL part does not use it then).
-            square = norm.square()
-            record.grad_norm_sq = square if record.grad_norm_sq is None else record.grad_norm_sq + square
+        with self._paused():
+            record = self._buffer.current
+            if record is None:
+                return
+            record.optimizers += 1
+            if record.optimizers == 1:  # the first optimizer's step size and type
+                lr = optimizer.param_groups[0].get("lr", math.nan)
+                # A tensor lr is updated in place by schedulers: keep its value at this step.
+                record.lr = lr.detach().clone() if isinstance(lr, Tensor) else lr
+                record.optimizer = optimizer_info(optimizer)
+                if self._ntk is not None and self._loss_pred_reason is None:  # the kernel-predicted loss
+                    self._ntk.quantities.observe_lr(record.step, float(lr))
+            if not record.wants_step:
+                return
+            norm = grad_norm(optimizer)
+            if norm is not None:
+                # Several optimizers stepping in one batch (manual optimization) apply disjoint
+                # parts of the gradient: their squared norms add up (the PL part does not use it then).
+                square = norm.square()
+                record.grad_norm_sq = square if record.grad_norm_sq is None else record.grad_norm_sq + square
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        record = self._buffer.current
-        if record is None:
-            return
-        if record.wants_step:
-            loss = loss_of(outputs)
-            if loss is not None:
-                loss = loss.detach()
-                # Under gradient accumulation Lightning divides each micro-batch loss by
-                # accumulate_grad_batches before backward and hands that value to this hook,
-                # so the sum is the objective whose gradient the optimizer sees.
-                record.loss = loss if record.loss is None else record.loss.double() + loss.double()
-        if trainer.global_step == record.step:
-            return  # gradient accumulation: the optimizer has not stepped yet
-        self._buffer.finish(record, time.time())
-        # Every flush_every steps (not records: a sparse step_every or an NTK-only monitor
-        # would otherwise wait many steps), and at once after an NTK sample.
-        if self._buffer.due(record):
-            self._flush(trainer)
-        self._buffer.pace(trainer)
+        with self._paused():
+            record = self._buffer.current
+            if record is None:
+                return
+            if record.wants_step:
+                loss = loss_of(outputs)
+                if loss is not None:
+                    loss = loss.detach()
+                    # Under gradient accumulation Lightning divides each micro-batch loss by
+                    # accumulate_grad_batches before backward and hands that value to this hook,
+                    # so the sum is the objective whose gradient the optimizer sees.
+                    record.loss = loss if record.loss is None else record.loss.double() + loss.double()
+            if trainer.global_step == record.step:
+                return  # gradient accumulation: the optimizer has not stepped yet
+            self._buffer.finish(record, time.time())
+            # Every flush_every steps (not records: a sparse step_every or an NTK-only monitor
+            # would otherwise wait many steps), and at once after an NTK sample.
+            if self._buffer.due(record):
+                self._flush(trainer)
+            self._buffer.pace(trainer)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._ntk is not None and self._ntk.budget is not None:
+            self._ntk.budget.finish()
         self._flush(trainer, final=True)
         self._buffer.write(trainer)
 

@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from lightning_lplr.callbacks._budget import NTKBudget
 from lightning_lplr.callbacks._checkpoint import moved, plain, unplain
 from lightning_lplr.callbacks._collective import Collective, any_failed, split_spectra
 from lightning_lplr.callbacks._config import NTKConfig
@@ -38,6 +39,7 @@ from lightning_lplr.functional.objective import output_gradient
 from lightning_lplr.functional.region import parameter_distance, region_estimate, relative_drift
 from lightning_lplr.functional.spectrum import kernel_distance, spectrum_from_eigenvalues
 from lightning_lplr.reporting.keys import KIND_PREFIXES
+from lightning_lplr.schedules import every_n_steps
 
 __all__ = ["NTKPart"]
 
@@ -62,7 +64,10 @@ class NTKPart:
         self.gaps = gaps
         self.journal = journal
         self.quantities = ProbeQuantities(journal)
-        self.loss_pred_reason: str | None = "not yet known"
+        self.budget: NTKBudget | None = None
+        if kernel and config.overhead is not None:
+            candidates = config.ntk_every if config.ntk_every_explicit else every_n_steps(1)
+            self.budget = NTKBudget(config.overhead, candidates)
         self.reset()
 
     def reset(self) -> None:
@@ -84,6 +89,11 @@ class NTKPart:
         self._kernel_eigs: Tensor | None = None
         self._failures = 0
         self._backoff = 0
+        if self.budget is not None:
+            self.budget.reset()
+        self.theta0_step = 0
+        self.outputs0: Tensor | None = None
+        """The probe outputs at ``θ_0`` when ``Θ_0`` was computed there (:meth:`reference`)."""
         self.kind = self.config.kind
         """The kernel kind sampled: the configured one, unless it does not fit the memory budget."""
         self.chunk_size = self.config.chunk_size
@@ -101,23 +111,69 @@ class NTKPart:
 
     # ------------------------------------------------------------------ schedule and setup
     def wants(self, step: int) -> bool:
-        """Whether to sample at ``step``: a scheduled step (and the first step of a fit), with back-off.
+        """Whether to sample at ``step`` (call it at every step, on every rank).
 
-        A failed sample is retried only at a later scheduled step: the next one after the first
-        failure, then skipping 1, 3, 7, … scheduled steps after 2, 3, 4, … failures in a row
-        (exponential back-off), so a model on which the NTK cannot be computed costs a handful of
-        attempts, not one per step.
+        With an overhead budget the planner decides (:mod:`._budget`, rank 0's decision on every
+        rank); without, a scheduled step, and the first step of a fit. A failed sample is retried
+        only at a later such step: the next one after the first failure, then skipping 1, 3, 7, …
+        of them after 2, 3, 4, … failures in a row (exponential back-off), so a model on which the
+        NTK cannot be computed costs a handful of attempts, not one per step.
         """
-        if step == self.last_step:
-            return False
-        if self.with_kernel:
+        if self.with_kernel and self.budget is not None:
+            candidate = self.budget.decide(step)
+        elif self.with_kernel:
             candidate = bool(self.schedule(step)) or (self.kernel0 is None and self.last_step < 0)
         else:
             candidate = self.config.loss_fn is not None and bool(self.schedule(step))
+        if step == self.last_step:
+            return False
         if candidate and self._backoff > 0:
             self._backoff -= 1
             return False
         return candidate
+
+    def needs_reference(self, step: int) -> bool:
+        """Whether ``Θ_0`` must first be computed at ``θ_0`` (a budgeted first sample comes later)."""
+        first = self.budget is not None and self.kernel0 is None and self.theta0 is not None
+        return first and self.theta0_step < step
+
+    def reference(self, pl_module: pl.LightningModule, collective: Collective) -> None:
+        """``Θ_0`` and the outputs ``f_0`` at ``θ_0`` (kept at the start), on every rank.
+
+        Under a budget the first sample comes later than step 0; the drift, the region estimate
+        and the kernel-predicted loss still refer to the initialisation. A failure leaves ``Θ_0``
+        unset: the sample then takes its own kernel as the reference, as without a budget.
+        """
+        assert self.probe is not None and self._call is not None and self.theta0 is not None
+        config = self.config
+        with preserved(pl_module), compute_context(pl_module), cache_off(pl_module):
+            pl_module.eval()
+            at_theta0, statistics = self._reference_call(), self.state0.get("statistics")
+            error: BaseException | None = None
+            block = outputs = None
+            try:
+                with torch.no_grad():
+                    outputs = with_norm_mode(at_theta0, config.norm_mode, statistics)(
+                        self.theta0, self.probe.x
+                    )
+                g = None
+                if self.kind == "loss_gram" and config.loss_fn is not None:
+                    g = output_gradient(config.loss_fn, outputs, self.probe.y)[1]
+                settings = self._settings()
+                block = kernel_block(at_theta0, self.probe, self.theta0, collective, settings, statistics, g)
+            except Exception as err:  # the run goes on: the first sample becomes the reference
+                error = err
+            if any_failed(collective, error is not None, pl_module.device):
+                return
+            assert block is not None and outputs is not None
+            kernel0 = gathered(block, collective, self.probe.size, config.norm_mode)
+            eigs, _ = split_spectra(collective, kernel0, None)
+            stats = spectrum_from_eigenvalues(eigs / self.probe.size)
+            if not math.isfinite(stats.lambda_max):
+                return
+            self.kernel0 = kernel0
+            self.lambda_min0, self.lambda_max0 = stats.lambda_min, stats.lambda_max
+            self.outputs0 = outputs.detach()
 
     def _failed(self, failed: bool) -> None:
         """Record whether the sample just taken failed (sets the back-off of :meth:`wants`)."""
@@ -140,12 +196,15 @@ class NTKPart:
             self._plan(pl_module, collective)
         if self.theta0 is None:
             self.theta0 = {k: v.clone() for k, v in float32_state(params).items()}
+            self.theta0_step = trainer.global_step
             self.state0 = self._reference_state(pl_module)
         else:
             self.theta0 = {k: v.to(device) for k, v in self.theta0.items()}
             self.state0 = moved(self.state0, device)
         if self.kernel0 is not None:
             self.kernel0 = self.kernel0.to(device)
+        if self.outputs0 is not None:
+            self.outputs0 = self.outputs0.to(device)
 
     def _plan(self, pl_module: pl.LightningModule, collective: Collective) -> None:
         """Which outputs count (sequence masks) and which kernel fits the memory budget; said once."""
@@ -293,6 +352,9 @@ class NTKPart:
                             g=g,
                             loss_star=loss_star,
                             mask=self.mask,
+                            reference=None
+                            if self.outputs0 is None or self.kernel0 is None
+                            else (self.kernel0, self.outputs0, self.theta0_step),
                         )
                     )
                 )
@@ -369,15 +431,20 @@ class NTKPart:
             )
         return metrics
 
-    def _linearization(self, params: dict[str, Tensor], outputs: Tensor) -> dict[str, float]:
-        """``lin/gap`` and ``lin/gap_rel`` against the model linearised at ``θ_0`` (with its statistics)."""
-        assert self.probe is not None and self._call is not None and self.theta0 is not None
+    def _reference_call(self) -> Any:
+        """The model at ``θ_0``'s buffers (running statistics kept at the start): ``f(θ, inputs)``."""
+        assert self._call is not None
         call, buffers0 = self._call, self.state0.get("buffers", {})
 
         def at_theta0(p: dict[str, Tensor], x: Any) -> Tensor:
             return call({**buffers0, **p}, x)
 
-        fn0 = with_norm_mode(at_theta0, self.config.norm_mode, self.state0.get("statistics"))
+        return at_theta0
+
+    def _linearization(self, params: dict[str, Tensor], outputs: Tensor) -> dict[str, float]:
+        """``lin/gap`` and ``lin/gap_rel`` against the model linearised at ``θ_0`` (with its statistics)."""
+        assert self.probe is not None and self.theta0 is not None
+        fn0 = with_norm_mode(self._reference_call(), self.config.norm_mode, self.state0.get("statistics"))
         return self.quantities.linearization(fn0, self.theta0, self.probe.x, params, outputs)
 
     # ------------------------------------------------------------------ checkpoints
@@ -394,6 +461,9 @@ class NTKPart:
             "lipschitz": self.lipschitz,
             "probe_losses": list(self.probe_losses),
             "last_ntk_step": self.last_step,
+            "theta0_step": self.theta0_step,
+            "outputs0": None if self.outputs0 is None else self.outputs0.cpu(),
+            "budget": None if self.budget is None else self.budget.state_dict(),
             "quantities": self.quantities.state_dict(),
         }
 
@@ -408,6 +478,10 @@ class NTKPart:
         self.lipschitz = state.get("lipschitz", 0.0)
         self.probe_losses = deque(state.get("probe_losses", []), maxlen=self.gaps.window.maxlen)
         self.last_step = state.get("last_ntk_step", -1)
+        self.theta0_step = state.get("theta0_step", 0)
+        self.outputs0 = state.get("outputs0")
+        if self.budget is not None and state.get("budget") is not None:
+            self.budget.load_state_dict(state["budget"])
         self.quantities.load_state_dict(state.get("quantities", state))
 
 

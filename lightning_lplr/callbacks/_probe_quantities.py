@@ -53,7 +53,7 @@ class ProbeQuantities:
         self._loss_model: Any = None
         self._log_decay: Tensor | None = None
         self._model_step = -1
-        self._pending_lrs: list[float] = []
+        self._pending_lrs: list[tuple[int, float]] = []
 
     # ------------------------------------------------------------------ loss and PL
     def loss_metrics(
@@ -72,6 +72,7 @@ class ProbeQuantities:
         g: Tensor,
         loss_star: float,
         mask: Tensor | None,
+        reference: tuple[Tensor, Tensor, int] | None = None,
     ) -> dict[str, float]:
         """Probe PL ratio and ``μ_NTK``; with the full kernel ``β``, ``η·β`` and the kernel-predicted loss.
 
@@ -94,6 +95,8 @@ class ProbeQuantities:
         kept_outputs, kept_fn = outputs, loss_fn
         if flat is not None:
             kept_outputs, kept_fn = outputs.reshape(-1)[flat], kept_loss(loss_fn, outputs, flat)
+            if reference is not None:
+                reference = (reference[0], reference[1].reshape(-1)[flat], reference[2])
         metrics.update(self.curvature(kernel, kept_outputs, targets, kept_fn, lr))
         prediction = self.predicted_loss(
             step=step,
@@ -103,6 +106,7 @@ class ProbeQuantities:
             targets=targets,
             loss_fn=kept_fn,
             loss=loss,
+            reference=reference,
         )
         metrics.update(prediction)
         return metrics
@@ -161,10 +165,11 @@ class ProbeQuantities:
         return metrics
 
     # ------------------------------------------------------------------ kernel-predicted loss
-    def observe_lr(self, lr: float) -> None:
-        """The step size of one optimizer step taken since the reference sample."""
-        if self._loss_model is not None:
-            self._pending_lrs.append(lr)
+    def observe_lr(self, step: int, lr: float) -> None:
+        """The step size of the optimizer step ``step`` (kept until the kernel model has used it)."""
+        self._pending_lrs.append((step, lr))
+        if self._loss_model is None and len(self._pending_lrs) > 1_000_000:  # no model ever built
+            del self._pending_lrs[:-1]
 
     def predicted_loss(
         self,
@@ -176,29 +181,36 @@ class ProbeQuantities:
         targets: Any,
         loss_fn: Any,
         loss: float,
+        reference: tuple[Tensor, Tensor, int] | None = None,
     ) -> dict[str, float]:
         """``lin/loss_pred`` (and ``lin/loss_probe``, ``lin/loss_ratio``) at this sample.
 
-        The model is built at the first sample where ``reason`` is ``None`` (the kernel and outputs
-        of that sample are ``K₀`` and ``f₀``); later samples evaluate it after the step sizes taken.
+        The model is built at the first sample where ``reason`` is ``None``, from ``reference``
+        ``(K₀, f₀, step)`` at ``θ_0`` when given, else from this sample's kernel and outputs; later
+        samples evaluate it after the step sizes taken since its step.
         """
         if reason is not None:
             self._warn_loss_pred(reason)
             return {}
         if self._loss_model is None:
             assert kernel is not None
-            if not has_constant_hessian(loss_fn, outputs.detach().double(), None, targets):
+            ref_kernel, ref_outputs, ref_step = (
+                reference if reference is not None else (kernel, outputs, step)
+            )
+            if not has_constant_hessian(loss_fn, ref_outputs.detach().double(), None, targets):
                 self._warn_loss_pred("the loss has no constant output Hessian (not a squared loss)")
                 return {}
             try:
-                self._loss_model = kernel_loss_model(kernel, outputs.detach(), targets, loss_fn)
+                self._loss_model = kernel_loss_model(ref_kernel, ref_outputs.detach(), targets, loss_fn)
             except ValueError as err:
                 self._warn_loss_pred(str(err))
                 return {}
-            self._model_step, self._log_decay, self._pending_lrs = step, None, []
+            self._model_step, self._log_decay = ref_step, None
         model = self._loss_model
-        self._log_decay = model.log_decay(self._pending_lrs, initial=self._log_decay)
-        self._pending_lrs = []
+        # The steps taken since the model's reference and before this sample's step.
+        lrs = [lr for s, lr in self._pending_lrs if self._model_step <= s < step]
+        self._pending_lrs = [(s, lr) for s, lr in self._pending_lrs if s >= step]
+        self._log_decay = model.log_decay(lrs, initial=self._log_decay)
         predicted = float(model.loss_from_log_decay(self._log_decay))
         return {
             "lin/loss_pred": predicted,
@@ -224,7 +236,7 @@ class ProbeQuantities:
             "loss_model": None if model is None else {k: _cpu(v) for k, v in model._asdict().items()},
             "log_decay": None if self._log_decay is None else self._log_decay.cpu(),
             "model_step": self._model_step,
-            "pending_lrs": list(self._pending_lrs),
+            "pending_lrs": [list(pair) for pair in self._pending_lrs],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -235,7 +247,7 @@ class ProbeQuantities:
         self._loss_model = None if model is None else KernelLossModel(**model)
         self._log_decay = state.get("log_decay")
         self._model_step = state.get("model_step", -1)
-        self._pending_lrs = list(state.get("pending_lrs", []))
+        self._pending_lrs = [(int(s), float(lr)) for s, lr in state.get("pending_lrs", [])]
 
 
 def _cpu(value: Any) -> Any:

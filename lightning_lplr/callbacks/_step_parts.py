@@ -46,7 +46,7 @@ class GapSeries:
 
     Args:
         loss_star: ``"zero"``, ``"running_min"``, ``"fit"`` or a number.
-        margin: relative safety margin of ``"running_min"`` (and of the ``"fit"`` warm-up).
+        margin: relative safety margin of ``"running_min"``.
         window: steps kept for ``"fit"`` and for the rate fits.
         journal: the monitor's skip counters and warnings.
     """
@@ -61,12 +61,19 @@ class GapSeries:
         self.fit_step = -1
 
     def star(self, window: Iterable[tuple[int, float]], running_min: float | None = None) -> float:
-        """``L*`` for a window of ``(step, loss)`` seen so far (``"fit"``: the cached past-only fit)."""
+        """``L*`` for a window of ``(step, loss)`` seen so far.
+
+        ``"fit"``: the cached past-only fit of the step losses; for another window (the probe losses
+        of NTK samples, a few points far apart) a fit of that window's past points.
+        """
         if self.loss_star == "running_min":
             lowest = min(v for _, v in window) if running_min is None else running_min
             return estimate_loss_star([lowest], "running_min", margin=self.margin)
         if self.loss_star == "fit":
-            return self.fitted
+            if window is self.window:
+                return self.fitted
+            past = list(window)[:-1]
+            return fit_loss_star([s for s, _ in past], [v for _, v in past], min_points=3)
         return estimate_loss_star((), self.loss_star)  # "zero" or a number: the losses are not read
 
     def _refit(self, step: int) -> None:

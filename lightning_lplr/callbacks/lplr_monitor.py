@@ -126,6 +126,12 @@ class LPLRMonitor(Monitor):
             statistics). See ``docs/kernels.md``.
         full_batch: whether every optimizer step sees the whole training set (a condition of
             the predicted contraction); ``None`` detects it from the dataloader.
+        overhead: NTK time allowed per second of monitor-free training time (``0.05``: the NTK
+            samples cost at most 5 % of the run, the first one included). Samples are spread over
+            the run at steps of ``ntk_every`` (every step when ``ntk_every`` is not given), decided
+            by rank 0 for all ranks; a run too short for one sample says so once, with the fix.
+            ``None``: sample at every step of ``ntk_every`` (the preset's log-spaced schedule when
+            not given), whatever it costs.
 
     Example:
         >>> from lightning.pytorch import Trainer
@@ -163,6 +169,7 @@ class LPLRMonitor(Monitor):
         log_histograms: bool = True,
         norm_mode: str = "probe",
         full_batch: bool | None = None,
+        overhead: float | None = 0.05,
     ) -> None:
         arguments = dict(locals())
         config = NTKConfig.build(arguments)

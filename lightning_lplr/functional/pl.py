@@ -1,6 +1,6 @@
 """Empirical Polyak–Łojasiewicz (PL) ratios, their lower envelope, ``L*`` strategies, NTK bounds.
 
-Conventions (DESIGN.md §2), for an objective ``L`` with optimal value ``L*``:
+Conventions (``docs/theory.md``), for an objective ``L`` with optimal value ``L*``:
 
 * suboptimality gap ``Δ_t = L(θ_t) − L*``;
 * empirical PL ratio ``μ̂_t = ‖∇L(θ_t)‖² / (2 Δ_t)``, so that ``½‖∇L‖² ≥ μ (L − L*)``
@@ -249,7 +249,7 @@ def estimate_loss_star(
     steps: ArrayLike | None = None,
     margin: float = 1e-3,
 ) -> float:
-    """The optimal value ``L*`` by one of the strategies of DESIGN.md §2.
+    """The optimal value ``L*`` by one of the strategies of ``docs/theory.md``.
 
     * ``"zero"``: ``0.0``, for interpolating models (squared or cross-entropy loss
       that can reach zero). ``losses`` is not read.
@@ -552,7 +552,7 @@ def ntk_pl_bounds(
     *,
     kernel_eigenvalues: Tensor | None = None,
 ) -> NTKPLBounds:
-    """Rayleigh bounds of the probe PL ratio from the full NTK (DESIGN.md §2: ``μ_NTK = lower``).
+    """Rayleigh bounds of the probe PL ratio from the full NTK (``μ_NTK = lower``, ``docs/theory.md``).
 
     Since ``‖∇_θ L‖² = gᵀ (JJᵀ) g`` (see :func:`ntk_gradient_norm_sq`),
     ``λ_min‖g‖² ≤ ‖∇_θ L‖² ≤ λ_max‖g‖²`` with ``λ`` the extreme eigenvalues of the

@@ -1,6 +1,6 @@
 """Convergence-rate fits of a suboptimality gap, regime classification, predicted contraction.
 
-Conventions (DESIGN.md §2): over a window of steps ``t`` with gaps ``Δ_t = L_t − L*``
+Conventions (``docs/theory.md``): over a window of steps ``t`` with gaps ``Δ_t = L_t − L*``
 
 * linear (geometric) model ``log Δ_t ≈ a + b·t``: slope ``b``, per-step contraction
   ``ρ = e^b``, half-life ``ln 2 / |b|``;
@@ -104,7 +104,7 @@ def fit_linear_rate(gaps: ArrayLike, steps: ArrayLike | None = None) -> LinearRa
     """Least-squares fit of ``log Δ_t ≈ a + b·t``: the linear (geometric) convergence rate.
 
     Points whose gap is not positive or not finite, or whose step is not finite,
-    are dropped before fitting (a gap ``≤ 0`` has no logarithm; DESIGN.md §2 skips
+    are dropped before fitting (a gap ``≤ 0`` has no logarithm; monitors skip
     such steps). With fewer than two usable points, or all usable points at one
     step, every float of the fit is NaN and ``num_points`` says how many were usable.
 

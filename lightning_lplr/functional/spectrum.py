@@ -1,6 +1,6 @@
 """Eigen statistics of empirical NTKs, kernel distances and kernel alignment.
 
-Conventions (DESIGN.md §2): kernels come from
+Conventions (``docs/kernels.md``): kernels come from
 :func:`~lightning_lplr.functional.empirical_ntk` unnormalised by the number of probe
 samples ``m``; pass ``normalize=m`` to get the spectrum of the per-sample kernel
 ``Θ = J Jᵀ / m``. Every eigen computation runs in float64 on the symmetrised kernel
@@ -226,7 +226,7 @@ def _ratio(num: float, den: float) -> float:
 def kernel_distance(kernel: KernelLike, reference: KernelLike, *, norm: str = "op") -> float:
     """Relative distance ``‖K − K₀‖ / ‖K₀‖`` of a kernel from a reference, in float64.
 
-    This is the NTK drift of DESIGN.md §2, ``‖Θ_t − Θ_0‖₂ / ‖Θ_0‖₂``; the ratio does
+    This is the NTK drift (``docs/keys.md``), ``‖Θ_t − Θ_0‖₂ / ‖Θ_0‖₂``; the ratio does
     not depend on a common normalisation of both kernels.
 
     Args:

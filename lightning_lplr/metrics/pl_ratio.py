@@ -17,7 +17,7 @@ class PLRatio(Metric):
     """Empirical PL ratios ``‖∇L‖² / (2(L − L*))`` with their running minimum and low quantile.
 
     Each ``update`` adds one ratio (a non-positive gap or a non-finite value is counted
-    as skipped, DESIGN.md §2). Under DDP the ratios of all ranks are concatenated
+    as skipped). Under DDP the ratios of all ranks are concatenated
     (``dist_reduce_fx="cat"``) and the skip counts summed, so ``compute`` returns the
     envelope over every rank's samples. Call ``update`` with the *global* loss (e.g.
     ``self.all_gather(loss).mean()``) and the gradient norm after DDP's all-reduce to

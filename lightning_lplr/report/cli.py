@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     output.add_argument("--markdown", action="store_true", help="print a markdown report for papers and PRs")
     report.add_argument(
-        "--plot", metavar="FILE.png", help="also draw a four-panel figure of all runs (needs matplotlib)"
+        "--plot", metavar="FILE.png", help="also draw a figure of all runs (needs matplotlib)"
     )
     report.add_argument(
         "--loss-star",

@@ -100,7 +100,7 @@ _SMALL_RECORD = 64 * 1024
 
 
 def is_contract_key(key: str) -> bool:
-    """Whether ``key`` (without prefix) is a logged key of DESIGN.md §4 or a ``skipped/*`` counter.
+    """Whether ``key`` (without prefix) is a contract key (``docs/keys.md``) or a ``skipped/*`` counter.
 
     Example:
         >>> is_contract_key("pl/gap"), is_contract_key("skipped/ntk_error"), is_contract_key("loss")

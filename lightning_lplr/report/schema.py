@@ -21,7 +21,7 @@ Run::
     sources         [str]         files read
     formats         [str]         "tensorboard" and/or "csv"; "history" for report_from_history
     keys            [str]         contract keys found, sorted
-    missing_keys    [str]         contract keys (DESIGN.md §4) not logged, sorted
+    missing_keys    [str]         contract keys (docs/keys.md) not logged, sorted
     other_keys      [str]         names under the prefix that are not contract keys
     first_step      int?          smallest step of any key
     last_step       int?          largest step of any key

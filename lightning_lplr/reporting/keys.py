@@ -32,10 +32,12 @@ __all__ = [
     "COST_KEYS",
     "CURV_KEYS",
     "DEFAULT_PREFIX",
+    "HISTOGRAM_KEYS",
     "KEY_SEMANTICS_VERSION",
     "KIND_PREFIXES",
     "KIND_SPECTRUM_KEYS",
     "LIN_KEYS",
+    "LIN_REASONS",
     "NTK_KEYS",
     "PARAM_KEYS",
     "PL_KEYS",
@@ -75,6 +77,8 @@ KIND_SPECTRUM_KEYS: tuple[str, ...] = tuple(
     if kind != "full"
     for key in SPECTRUM_KEYS
 )
+HISTOGRAM_KEYS: tuple[str, ...] = tuple(prefix + "eigenvalues" for prefix in KIND_PREFIXES.values())
+"""TensorBoard histograms of the eigenvalues of ``Θ`` at each NTK sample, one tag per kernel kind."""
 PARAM_KEYS: tuple[str, ...] = ("param/drift",)
 PL_KEYS: tuple[str, ...] = (
     "pl/ratio_step",
@@ -114,11 +118,16 @@ CONTRACTION_PRED_REASONS: tuple[str, ...] = (
 )
 """Why ``rate/contraction_pred`` is absent; each counted as ``skipped/contraction_pred_<reason>``."""
 
+LIN_REASONS: tuple[str, ...] = ("no_forward_ad_formula", "custom_function", "inplace_on_captured")
+"""Why ``lin/gap`` is absent (forward-mode AD failed even with the fallbacks), ``skipped/lin_<reason>``."""
+
 SKIP_KEYS: tuple[str, ...] = (
     "skipped/nonfinite_loss",
     "skipped/nonpositive_gap",
     "skipped/ntk_error",
     "skipped/several_optimizers",
+    "skipped/loss_star_unidentified",
+    *(f"skipped/lin_{reason}" for reason in LIN_REASONS),
     *(f"skipped/contraction_pred_{reason}" for reason in CONTRACTION_PRED_REASONS),
 )
 """Cumulative counters of what a monitor skipped, by cause."""
