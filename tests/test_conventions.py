@@ -32,6 +32,16 @@ from tests._lightning_models import loader, squared_loss, trainer_kwargs
 EPS32 = torch.finfo(torch.float32).eps
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These models are tiny: on a loaded 2-core machine a second torch thread makes each op wait for a
+    descheduled partner (measured: a 0.2 s fit takes 1-14 s with two threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ============================================================================ harness
 def fit(model, data, callbacks, **kw):
     """One fit; returns the messages of the LPLR warnings it raised."""
