@@ -124,7 +124,7 @@ def test_eta_beta_over_lr_is_the_gauss_newton_sharpness_of_the_loss_trained(loss
     """Full batch, probe = the training set: ``ntk/eta_beta / lr`` = ``curv/beta`` = float64 ``λ_max(JᵀHJ)``.
 
     Tolerance 1e-3 relative (the issue's). The monitor's kernel is float32: an eigenvalue of
-    ``B = K^{1/2} H K^{1/2}`` moves by at most ``‖ΔB‖₂`` ≈ ``P·ε₃₂·‖B‖`` (P = 82 parameters:
+    ``B = K^{1/2} H K^{1/2}`` moves by at most ``‖ΔB‖₂`` ≈ ``P·ε₃₂·‖B‖`` (P = 66 parameters:
     1e-5 relative), far inside it. The oracle forms the ``P × P`` matrix; the monitor works in
     output space, so the two share no code path.
     """
