@@ -216,3 +216,29 @@ def test_report_benchmark_quick(tmp_path: Path) -> None:
         assert case["target_s"] == 2.0 and isinstance(case["meets_target"], bool)
         assert case["imports"] == []  # neither torch, Lightning nor matplotlib in the report process
     assert result["cases"]["csv"]["files"] == ["hparams.yaml", "metrics.csv"]
+
+
+@pytest.mark.slow
+def test_loss_star_benchmark_quick(tmp_path: Path) -> None:
+    out = tmp_path / "loss_star.json"
+    proc = _run("loss_star.py", "--quick", "--out", str(out))
+    result = json.loads(proc.stdout)
+    assert json.loads(out.read_text(encoding="utf-8")) == result
+    assert result["benchmark"] == "loss_star"
+    _check_environment(result)
+    for part in ("hooks", "flush"):
+        measured = result[part]
+        for strategy in ("zero", "fit"):
+            for clock in ("per_step_wall_s", "per_step_cpu_s"):
+                _check_summary(measured[strategy][clock])
+                assert _positive(measured[strategy][clock]["median"]), (part, strategy, clock)
+        # "zero" never skips a step; "fit" only its 25-step warm-up (refits every 25 steps from past
+        # losses), so the timed runs really refit: an unidentified window would skip the work.
+        assert measured["zero"]["unidentified_steps"] == 0
+        assert measured["fit"]["unidentified_steps"] == 25
+        for key in ("ratio_wall", "ratio_wall_paired", "ratio_cpu", "ratio_cpu_paired"):
+            assert _positive(measured[key]), (part, key)
+        assert measured["target"] == 1.2
+        assert isinstance(measured["meets_target_cpu"], bool) and isinstance(
+            measured["meets_target_wall"], bool
+        )

@@ -78,6 +78,29 @@ def check_loss_star(loss_star: Any) -> str | float:
     )
 
 
+def check_probe(probe: Any) -> None:
+    """``probe`` must be ``None``, a dataset, a dataloader, a tensor of inputs or a tuple of tensors.
+
+    Raises:
+        ValueError: anything else (a number, a string, a tuple holding something else), with the fix.
+    """
+    if probe is None or isinstance(probe, (Tensor, DataLoader, Dataset)):
+        return
+    if isinstance(probe, tuple):
+        ok = bool(probe) and all(isinstance(t, Tensor) for t in probe)
+    else:  # a map-style dataset that is not a torch Dataset (a list of samples, say)
+        ok = (
+            not isinstance(probe, (str, bytes))
+            and hasattr(probe, "__len__")
+            and hasattr(probe, "__getitem__")
+        )
+    if not ok:
+        raise ValueError(
+            f"probe={probe!r} must be a Dataset, a DataLoader, a tensor of inputs or an (x, y) tuple of "
+            "tensors; pass None to draw the probe from the training set."
+        )
+
+
 @dataclass(frozen=True)
 class NTKConfig:
     """What the NTK part samples, on what probe, how (checked by :meth:`build`)."""
@@ -138,6 +161,11 @@ class NTKConfig:
         check_choice(
             "implementation", kw.get("implementation", "structured"), [m.value for m in NTKImplementation]
         )
+        if kw["kind"] == "loss_gram" and kw.get("loss_fn") is None:
+            raise ValueError(
+                "kind='loss_gram' is the Gram of per-sample loss gradients: it needs loss_fn=, e.g. "
+                "loss_fn=torch.nn.functional.cross_entropy (and probe targets)."
+            )
         check_int("probe_size", kw["probe_size"], minimum=1)
         check_int("probe_seed", kw.get("probe_seed"), allow_none=True)
         check_int("chunk_size", kw.get("chunk_size"), minimum=1, allow_none=True)
@@ -151,8 +179,9 @@ class NTKConfig:
                 "(the loss you train with), or another kind."
             )
         check_choice("norm_mode", kw.get("norm_mode", "probe"), NORM_MODES, hint="See docs/normalization.md.")
-        if kw.get("full_batch") not in (None, True, False):
+        if kw.get("full_batch") is not None and not isinstance(kw["full_batch"], bool):
             raise ValueError(f"full_batch={kw['full_batch']!r} must be None (detect), True or False.")
+        check_probe(kw.get("probe"))
         return cls(**kw)
 
 

@@ -81,6 +81,12 @@ class Monitor(Callback):
         journal: Journal,
         log_histograms: bool = False,
     ) -> None:
+        if not isinstance(prefix, str):
+            raise ValueError(
+                f"prefix={prefix!r} must be a string, e.g. 'lplr/' (every key is logged as prefix + key)."
+            )
+        if not isinstance(log_histograms, bool):
+            raise ValueError(f"log_histograms={log_histograms!r} must be True or False.")
         self.prefix = prefix
         self.log_histograms = log_histograms
         self._step_config = step

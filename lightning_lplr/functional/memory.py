@@ -446,8 +446,9 @@ def plan_ntk_memory(
         smallest = estimate(size.with_probe_size(min(lo, m)), last, 1)
         raise ValueError(
             f"{why}, and even {last.value} on {min(lo, m)} probe samples one at a time needs "
-            f"{format_bytes(smallest.total_bytes)}: raise the budget, or shrink the model's outputs "
-            "(output_mask) or the probe."
+            f"{format_bytes(smallest.total_bytes)} (a sample's features and kernel may use {margin:.0%} of "
+            "what the budget leaves after Θ₀ and the analysis copies): raise the budget, or shrink the "
+            "model's outputs (output_mask) or the probe."
         )
     while lo < hi:  # the largest probe whose one-sample-chunk configuration fits
         mid = (lo + hi + 1) // 2
