@@ -1,7 +1,7 @@
 """Per-step cost of the monitor's step-level work with ``loss_star="fit"`` against ``"zero"`` (issue 12).
 
 ``"fit"`` re-estimates ``L*`` (a profile fit of ``L* + A·e^{bt}`` over the last ``rate_window``
-losses) every 25 steps from past losses; ``"zero"`` reads no loss. Everything else a step costs the
+losses) every 50 steps from past losses; ``"zero"`` reads no loss. Everything else a step costs the
 monitor (its record, the gradient norm, the PL ratio and envelope, the rate fits of a flush) is the
 same for both. Target: ``fit`` at most 1.2× ``zero`` per step.
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from lightning_lplr.callbacks._step_parts import FIT_EVERY
+
 ROOT = Path(__file__).resolve().parents[1]
 # A guard against hangs only, never a verdict on speed: a --quick run takes 10-30 s on two idle
 # cores, and a loaded machine may be several times slower, so the limit is more than 10x that.
@@ -232,10 +234,10 @@ def test_loss_star_benchmark_quick(tmp_path: Path) -> None:
             for clock in ("per_step_wall_s", "per_step_cpu_s"):
                 _check_summary(measured[strategy][clock])
                 assert _positive(measured[strategy][clock]["median"]), (part, strategy, clock)
-        # "zero" never skips a step; "fit" only its 25-step warm-up (refits every 25 steps from past
+        # "zero" never skips a step; "fit" only its warm-up of FIT_EVERY steps (refits every FIT_EVERY from past
         # losses), so the timed runs really refit: an unidentified window would skip the work.
         assert measured["zero"]["unidentified_steps"] == 0
-        assert measured["fit"]["unidentified_steps"] == 25
+        assert measured["fit"]["unidentified_steps"] == FIT_EVERY
         for key in ("ratio_wall", "ratio_wall_paired", "ratio_cpu", "ratio_cpu_paired"):
             assert _positive(measured[key]), (part, key)
         assert measured["target"] == 1.2

@@ -168,7 +168,7 @@ def _probe_one_run(out_dir: Path, devices: int) -> dict[str, list[tuple[int, flo
         accelerator="cpu",
         devices=devices,
         strategy=strategy,
-        callbacks=[NTKMonitor(ntk_every=2, probe_size=1), ddp_run.CloseProcessGroup()],
+        callbacks=[NTKMonitor(overhead=None, ntk_every=2, probe_size=1), ddp_run.CloseProcessGroup()],
         max_steps=4,
         logger=CSVLogger(str(out_dir), name="csv", version=0),
         enable_progress_bar=False,
@@ -236,7 +236,7 @@ NAN, INF = math.nan, math.inf
 def test_every_init_argument_is_checked_and_named(name, value):
     """A bad value of any ``__init__`` argument fails when the monitor is built, naming the argument."""
     with pytest.raises(ValueError, match=rf"^{name}="):
-        LPLRMonitor(**{name: value})
+        LPLRMonitor(overhead=None, **{name: value})
 
 
 # ============================================================================ half precision
@@ -256,7 +256,7 @@ def test_half_precision_ntk_is_the_float32_kernel_at_the_half_precision_weights(
     torch.manual_seed(0)
     model = MLP()
     snaps = Snapshots(steps)
-    monitor = LPLRMonitor(ntk_every=2, probe_size=m, loss_fn=squared_loss, rate_min_points=3)
+    monitor = LPLRMonitor(overhead=None, ntk_every=2, probe_size=m, loss_fn=squared_loss, rate_min_points=3)
     fit(model, loader(x, y), [snaps, monitor], max_steps=3, precision=precision)
     half = torch.bfloat16 if precision == "bf16-true" else torch.float16
     assert next(model.parameters()).dtype == half
@@ -283,7 +283,7 @@ def test_default_probe_clips_to_a_sixteen_sample_dataset_with_one_warning():
     (float32 kernel of 6-dimensional inputs: 1e-5 relative).
     """
     x, y = _data(dtype=torch.float32)
-    monitor = LPLRMonitor()
+    monitor = LPLRMonitor(overhead=None)
     caught = fit(Linear(), loader(x, y, batch_size=4), [monitor], max_steps=2)
     clipped = [w for w in caught if "16" in w and "probe_size=32" in w]
     assert len(clipped) == 1, caught
@@ -293,7 +293,7 @@ def test_default_probe_clips_to_a_sixteen_sample_dataset_with_one_warning():
 
 def test_explicit_probe_size_larger_than_the_dataset_is_an_error_naming_probe_size():
     x, y = _data(dtype=torch.float32)
-    trainer = pl.Trainer(callbacks=[LPLRMonitor(probe_size=17)], **trainer_kwargs(max_steps=2))
+    trainer = pl.Trainer(callbacks=[LPLRMonitor(overhead=None, probe_size=17)], **trainer_kwargs(max_steps=2))
     with pytest.raises(ValueError, match=r"probe_size=17"):
         trainer.fit(Linear(), loader(x, y, batch_size=4))
     assert trainer.global_step == 0
@@ -334,7 +334,9 @@ def test_streaming_dataset_without_probe_is_a_value_error_naming_probe_and_draws
     with pytest.raises(_StoppedError):
         trainer.fit(MLP(), DataLoader(baseline, batch_size=4))
     stream = CountingStream()
-    trainer = pl.Trainer(callbacks=[LPLRMonitor(), _StopAtTrainStart()], **trainer_kwargs(max_steps=2))
+    trainer = pl.Trainer(
+        callbacks=[LPLRMonitor(overhead=None), _StopAtTrainStart()], **trainer_kwargs(max_steps=2)
+    )
     with pytest.raises(ValueError, match=r"probe="):
         trainer.fit(MLP(), DataLoader(stream, batch_size=4))
     assert (stream.iterations, stream.drawn) == (baseline.iterations, baseline.drawn)
@@ -409,7 +411,7 @@ def test_dict_batch_is_passed_as_keywords_without_its_labels():
     a, b, y = _two_input_data()
     torch.manual_seed(0)
     model = KeywordModel().double()
-    monitor = NTKMonitor(probe_size=8, ntk_every=10)
+    monitor = NTKMonitor(overhead=None, probe_size=8, ntk_every=10)
     weights = _first_sample(model, DataLoader(DictBatches(a, b, y), batch_size=8), monitor)
     eigs = kernel_oracle(model, weights, lambda f: f(a=a, b=b))
     assert_spectrum(monitor.history, 0, eigs, rel=1e-9)
@@ -425,7 +427,7 @@ def test_tuple_batch_is_passed_positionally_to_a_two_argument_forward():
             return super().forward(a, b)
 
     model = Positional().double()
-    monitor = NTKMonitor(probe_size=8, ntk_every=10)
+    monitor = NTKMonitor(overhead=None, probe_size=8, ntk_every=10)
     weights = _first_sample(model, DataLoader(TensorDataset(a, b, y), batch_size=8), monitor)
     eigs = kernel_oracle(model, weights, lambda f: f(a, b))
     assert_spectrum(monitor.history, 0, eigs, rel=1e-9)
@@ -444,7 +446,7 @@ def test_input_fn_may_return_a_tensor_a_tuple_or_a_dict(returns):
     }[returns]
     torch.manual_seed(0)
     model = TwoInputs().double()
-    monitor = NTKMonitor(probe_size=8, ntk_every=10, input_fn=input_fn)
+    monitor = NTKMonitor(overhead=None, probe_size=8, ntk_every=10, input_fn=input_fn)
     weights = _first_sample(model, DataLoader(TensorDataset(a, b, y), batch_size=8), monitor)
     call = (lambda f: f(a)) if returns == "tensor" else (lambda f: f(a, b))
     assert_spectrum(monitor.history, 0, kernel_oracle(model, weights, call), rel=1e-9)
@@ -499,7 +501,7 @@ def test_wrapped_outputs_give_their_logits(wrap):
     a, b, y = _two_input_data()
     torch.manual_seed(0)
     model = WrappedOutput(wrap).double()
-    monitor = NTKMonitor(probe_size=8, ntk_every=10)
+    monitor = NTKMonitor(overhead=None, probe_size=8, ntk_every=10)
     weights = _first_sample(model, DataLoader(TensorDataset(a, b, y), batch_size=8), monitor)
     eigs = kernel_oracle(model, weights, lambda f: _logits(f(a)))
     assert_spectrum(monitor.history, 0, eigs, rel=1e-9)
@@ -525,7 +527,9 @@ def test_use_cache_is_off_during_a_sample_restored_after_and_the_run_unchanged()
         model.model.register_forward_pre_hook(
             lambda mod, args: seen.append((mod.training, bool(mod.config.use_cache)))
         )
-        callbacks = [LPLRMonitor(probe_size=2, kind="pseudo", ntk_every=2)] if with_monitor else []
+        callbacks = (
+            [LPLRMonitor(overhead=None, probe_size=2, kind="pseudo", ntk_every=2)] if with_monitor else []
+        )
         data = DataLoader(tp.SyntheticLM(n=16, seq_len=8, vocab_size=32), batch_size=8, shuffle=True)
         monitor_warnings = fit(model, data, callbacks, max_steps=4)
         return model, seen, callbacks, monitor_warnings

@@ -154,7 +154,10 @@ def test_lr_zero_probe_and_train_kernels_do_not_drift_while_eval_does():
     m, steps = 8, 10
     torch.manual_seed(0)
     model = BNNet(lr=0.0)
-    monitors = [NTKMonitor(norm_mode=mode, probe_size=m, ntk_every=3, prefix=f"{mode}/") for mode in MODES]
+    monitors = [
+        NTKMonitor(overhead=None, norm_mode=mode, probe_size=m, ntk_every=3, prefix=f"{mode}/")
+        for mode in MODES
+    ]
     snaps = Snapshots((0,))
     trainer = pl.Trainer(callbacks=[snaps, *monitors], **trainer_kwargs(max_steps=steps))
     with warnings.catch_warnings():
@@ -234,7 +237,8 @@ def _lr_zero_run(out_dir: Path, devices: int):
     pl.seed_everything(0, verbose=False)
     x, y = images(dtype=torch.float64)
     monitors = [
-        NTKMonitor(norm_mode=mode, probe_size=8, ntk_every=2, prefix=f"{mode}/") for mode in ("probe", "eval")
+        NTKMonitor(overhead=None, norm_mode=mode, probe_size=8, ntk_every=2, prefix=f"{mode}/")
+        for mode in ("probe", "eval")
     ]
     return _ddp_fit(out_dir, devices, BNNet(lr=0.0).double(), GlobalBatches(x, y), monitors, max_steps=6)
 
@@ -271,7 +275,7 @@ def test_two_process_batchnorm_run_logs_no_negative_lambda_min_beyond_gram_noise
     """
     pl.seed_everything(0, verbose=False)
     x, y = images(n=64)
-    monitor = NTKMonitor(probe_size=16, ntk_every=5)
+    monitor = NTKMonitor(overhead=None, probe_size=16, ntk_every=5)
     logged = _ddp_fit(tmp_path, 2, BNNet(lr=0.2), GlobalBatches(x, y), [monitor], max_steps=50)
     lam_min, lam_max = dict(logged["lplr/ntk/lambda_min"]), dict(logged["lplr/ntk/lambda_max"])
     assert sorted(lam_min) == list(range(0, 50, 5))

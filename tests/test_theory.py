@@ -26,6 +26,7 @@ from torch import nn
 
 from lightning_lplr import LPLRMonitor
 from lightning_lplr.callbacks import LPLRWarning
+from lightning_lplr.callbacks._step_parts import FIT_EVERY
 from tests._lightning_models import loader, squared_loss, trainer_kwargs
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -139,7 +140,7 @@ def test_eta_beta_over_lr_is_the_gauss_newton_sharpness_of_the_loss_trained(loss
     torch.manual_seed(0)
     model = Net(loss, lr=lr)
     snaps = Snapshots(steps)
-    monitor = LPLRMonitor(ntk_every=3, probe_size=n, loss_fn=loss, rate_min_points=3)
+    monitor = LPLRMonitor(overhead=None, ntk_every=3, probe_size=n, loss_fn=loss, rate_min_points=3)
     fit(model, loader(x, y), [snaps, monitor], max_steps=7)
     eta_beta = dict(monitor.history["ntk/eta_beta"])
     beta = dict(monitor.history["curv/beta"])
@@ -210,7 +211,9 @@ def test_contraction_pred_equals_its_closed_form_and_bounds_the_measured_rate():
     lr = 1.0 / beta
     torch.manual_seed(0)
     model = LinReg(D, OUT, lr).double()
-    monitor = LPLRMonitor(ntk_every=10, probe_size=N, loss_fn=squared_loss, rate_min_points=5, rate_window=20)
+    monitor = LPLRMonitor(
+        overhead=None, ntk_every=10, probe_size=N, loss_fn=squared_loss, rate_min_points=5, rate_window=20
+    )
     caught = fit(model, loader(x, y), [monitor], max_steps=40, gradient_clip_val=1e6)
     assert not any("contraction_pred" in w for w in caught), caught
     closed_form = 1 - 2 * lr * mu * (1 - lr * beta / 2)
@@ -296,7 +299,7 @@ def test_contraction_pred_absent_with_its_reason_counted_and_warned_once(case):
         {"model": model_kw, "monitor": monitor_kw, "trainer": trainer_kw}[where][name] = value
     torch.manual_seed(0)
     model = LinReg(**model_kw).double()
-    monitor = LPLRMonitor(**monitor_kw)
+    monitor = LPLRMonitor(overhead=None, **monitor_kw)
     steps = 12
     caught = fit(model, loader(x, y, batch_size=batch), [monitor], max_steps=steps, **trainer_kw)
     history = monitor.history
@@ -345,11 +348,11 @@ def test_loss_star_fit_recovers_a_known_positive_optimum_and_the_slowest_mode():
     Closed forms: ``L* = ½‖(I − Π)y‖²/n``; the gap decays as ``Σ_i c_i (1 − ηλ_i)^{2t}`` with
     ``λ_i`` the eigenvalues 1, 0.7, 0.05 of ``[x, 1]ᵀ[x, 1]/n``: rates 0, 0.09 and 0.9025.
 
-    * Steps 0–24: ``L*`` is refitted every 25 steps from past losses only, so the first fit comes
-      at step 25; before that each step is counted under ``skipped/loss_star_unidentified``
-      (1, 2, …, 25) and has no gap.
-    * From step 75 on the fit's window (steps 25–74) holds the slowest mode alone (the 0.09 mode
-      is below ``10⁻⁷⁵`` of it), where ``L* + A·e^{bt}`` is exact: ``L*`` used by the gap
+    * Steps before ``FIT_EVERY`` (F): ``L*`` is refitted every F steps from past losses only, so the
+      first fit comes at step F; before that each step is counted under
+      ``skipped/loss_star_unidentified`` (1, 2, …, F) and has no gap.
+    * From step 2F on the fit's window (the F steps before the refit) holds the slowest mode alone
+      (the 0.09 mode is below ``10⁻⁵⁰`` of it), where ``L* + A·e^{bt}`` is exact: ``L*`` used by the gap
       (``loss − pl/gap``) within 1e-9 relative of the truth (the fit locates its optimum to about
       1e-9 decades, measured far below this), and ``pl/ratio_step`` equals
       ``‖∇L‖²/(2(L − L*_true))`` within the relative error that ``L*`` error makes, ``δ/Δ_t``.
@@ -360,17 +363,18 @@ def test_loss_star_fit_recovers_a_known_positive_optimum_and_the_slowest_mode():
     torch.manual_seed(0)
     model = LinReg(2, 1, lr=1.0).double()
     recorder = LossRecorder()
-    monitor = LPLRMonitor(loss_star="fit", ntk_every=1000, probe_size=40)
-    steps = 130
+    monitor = LPLRMonitor(overhead=None, loss_star="fit", ntk_every=1000, probe_size=40)
+    every = FIT_EVERY
+    steps = 2 * every + 30
     fit(model, loader(x, y), [recorder, monitor], max_steps=steps)
     history = monitor.history
     unidentified = history["skipped/loss_star_unidentified"]
-    assert unidentified == [(t, float(t + 1)) for t in range(25)]
+    assert unidentified == [(t, float(t + 1)) for t in range(every)]
     gap = dict(history["pl/gap"])
     ratio = dict(history["pl/ratio_step"])
-    assert sorted(gap) == list(range(25, steps))
+    assert sorted(gap) == list(range(every, steps))
     worst = 0.0
-    for t in range(75, steps):
+    for t in range(2 * every, steps):
         used = recorder.loss[t] - gap[t]
         worst = max(worst, abs(used - star) / star)
         true_gap = recorder.loss[t] - star
@@ -383,5 +387,5 @@ def test_loss_star_fit_recovers_a_known_positive_optimum_and_the_slowest_mode():
 
 def test_running_min_online_is_deprecated_naming_fit_or_a_float():
     with pytest.warns(FutureWarning, match=r"running_min.*deprecated.*'fit'.*float") as record:
-        LPLRMonitor(loss_star="running_min")
+        LPLRMonitor(overhead=None, loss_star="running_min")
     assert len([w for w in record if issubclass(w.category, FutureWarning)]) == 1

@@ -170,10 +170,10 @@ def contraction_reason(
         return "no_loss_fn"
     if not full_kernel:
         return "no_full_kernel"
+    if not (math.isfinite(mu) and math.isfinite(beta) and math.isfinite(lr)):
+        return "no_mu"  # no NTK sample yet (or it failed): nothing to predict with
     if not loss_matches:  # differs, or could not be checked (no training loss at the sample's step)
         return "loss_mismatch"
-    if not (math.isfinite(mu) and math.isfinite(beta) and math.isfinite(lr)):
-        return "no_mu"
     if not lr * beta < 2:
         return "unstable_step"
     if mu > beta:

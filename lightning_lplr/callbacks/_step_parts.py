@@ -24,7 +24,7 @@ from lightning_lplr.reporting.keys import REGIME_CODES
 
 __all__ = ["FIT_EVERY", "GapSeries", "PLPart", "RatePart", "StepGap"]
 
-FIT_EVERY = 25
+FIT_EVERY = 50
 """``loss_star='fit'`` re-estimates ``L*`` every this many steps, from past losses only."""
 
 

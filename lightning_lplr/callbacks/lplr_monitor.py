@@ -110,7 +110,7 @@ class LPLRMonitor(Monitor):
             may still allocate; under DDP the smallest over ranks), from which the kind and chunk
             sizes are planned.
         loss_star: ``L*``: ``"zero"`` (interpolating models), a float (the known optimum) or
-            ``"fit"`` (``L* + A·e^{bt}`` refitted every 25 steps from past losses; steps before it
+            ``"fit"`` (``L* + A·e^{bt}`` refitted every 50 steps from past losses; steps before it
             is identifiable are counted, not guessed). ``"running_min"`` is deprecated online
             (the report computes it after the fact).
         loss_star_margin: safety margin of ``"running_min"``.

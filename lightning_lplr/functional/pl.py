@@ -113,12 +113,25 @@ class ExponentialFit(NamedTuple):
 def _profile_objectives(t: np.ndarray, losses: np.ndarray, stars: np.ndarray) -> np.ndarray:
     """Unexplained fraction ``SSE/SST`` of the log-linear fit of ``L − L*`` for each ``L*``; lower is better.
 
-    One vectorised row-wise line fit (:func:`~lightning_lplr.functional.rate._fit_lines`) for all
-    candidates.
+    One vectorised row-wise line fit for all candidates.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         y = np.log(losses[None, :] - stars[:, None])
     keep = np.isfinite(y)
+    dx = t - t.mean()
+    sxx = float(dx @ dx)
+    if keep.all() and t.shape[0] >= 2 and sxx > 0:
+        # Every candidate lies below the losses (the usual case): the same least squares with the
+        # shared abscissa centred once, 3-4x cheaper than the masked row-wise fit.
+        dy = y - y.mean(axis=1, keepdims=True)
+        sst = np.einsum("ij,ij->i", dy, dy)
+        sxy = dy @ dx
+        sse = np.maximum(sst - sxy * sxy / sxx, 0.0)
+        resolution = 64 * np.finfo(np.float64).eps * np.abs(y).max(axis=1)
+        constant = sst <= t.shape[0] * resolution**2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            unexplained = np.minimum(sse / sst, 1.0)
+        return np.where(constant | (sse <= 0), 0.0, unexplained)
     fits = fit_lines(np.broadcast_to(t, y.shape), y, keep)
     value = np.where(fits.sse > 0, 1.0 - fits.r2, 0.0)
     return np.where(np.isnan(fits.r2), math.inf, value)
