@@ -234,7 +234,7 @@ def test_loss_star_benchmark_quick(tmp_path: Path) -> None:
             for clock in ("per_step_wall_s", "per_step_cpu_s"):
                 _check_summary(measured[strategy][clock])
                 assert _positive(measured[strategy][clock]["median"]), (part, strategy, clock)
-        # "zero" never skips a step; "fit" only its warm-up of FIT_EVERY steps (refits every FIT_EVERY from past
+        # "zero" never skips a step; "fit" only its FIT_EVERY-step warm-up (refits every FIT_EVERY from past
         # losses), so the timed runs really refit: an unidentified window would skip the work.
         assert measured["zero"]["unidentified_steps"] == 0
         assert measured["fit"]["unidentified_steps"] == FIT_EVERY
