@@ -43,7 +43,9 @@ class NTKLinear(nn.Module):
 
     ``W`` is initialised ``N(0, 1)`` and ``b`` at zero; the ``1/√fan_in`` factor lives in
     ``forward`` rather than in the initialisation, so a gradient step on ``W`` changes the output
-    by ``O(1/√fan_in)`` per entry.
+    by ``O(1/√fan_in)`` per entry. The factor scales the layer's input before a plain
+    ``nn.Linear`` (``W (c·x) = c·W x``, the same function and the same gradients), so NTK
+    implementations that recognise ``nn.Linear`` (the monitors' structured one) apply to it.
 
     Args:
         in_features: Input size (the fan-in).
@@ -63,19 +65,29 @@ class NTKLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.scale = float(gain) / math.sqrt(in_features)
-        self.weight = nn.Parameter(torch.randn(out_features, in_features))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        with torch.no_grad():
+            self.linear.weight.normal_()
+            if self.linear.bias is not None:
+                self.linear.bias.zero_()
+
+    @property
+    def weight(self) -> nn.Parameter:
+        """``W`` of shape ``(out_features, in_features)``."""
+        return self.linear.weight
+
+    @property
+    def bias(self) -> nn.Parameter | None:
+        """``b`` of shape ``(out_features,)`` or ``None``."""
+        return self.linear.bias
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the layer to ``x`` of shape ``(..., in_features)``."""
-        return F.linear(x, self.weight * self.scale, self.bias)
+        return self.linear(x * self.scale)
 
     def extra_repr(self) -> str:
-        """Sizes and scale, shown by ``print(module)``."""
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, scale={self.scale:.4g}"
-        )
+        """Scale (the sizes are shown by the inner ``nn.Linear``)."""
+        return f"scale={self.scale:.4g}"
 
 
 def _linear(fan_in: int, fan_out: int, gain: float, parameterization: str, bias: bool) -> nn.Module:

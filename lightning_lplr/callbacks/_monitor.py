@@ -307,7 +307,8 @@ class Monitor(Callback):
                 lr = optimizer.param_groups[0].get("lr", math.nan)
                 # A tensor lr is updated in place by schedulers: keep its value at this step.
                 record.lr = lr.detach().clone() if isinstance(lr, Tensor) else lr
-                record.optimizer = optimizer_info(optimizer)
+                if self._predict is not None:  # only the predicted contraction reads it
+                    record.optimizer = optimizer_info(optimizer)
                 if self._ntk is not None and self._loss_pred_reason is None:  # the kernel-predicted loss
                     self._ntk.quantities.observe_lr(record.step, float(lr))
             if not record.wants_step:
