@@ -438,3 +438,18 @@ def test_masked_sequence_kernel_is_the_kernel_of_the_kept_positions():
     assert int(rows.sum()) < m * L * V
     assert float(unmasked.sum()) > float(masked.sum()) * (1 + 1e-3)
     _assert_spectrum(monitor.history, "ntk/", 0, masked, 1e-9)
+
+
+def test_theta0_placement_follows_the_budget():
+    """θ₀ on the device unless it takes more than 10 % of the budget there; "cpu"/"device" force it."""
+    from lightning_lplr.callbacks._kernel import theta0_device
+
+    cuda = torch.device("cuda")
+    params = {"w": torch.zeros(1000)}  # 4 kB as float32
+    assert theta0_device("auto", params, 100_000, cuda) == cuda  # 4 % of the budget
+    assert theta0_device("auto", params, 10_000, cuda) == torch.device("cpu")  # 40 %
+    assert theta0_device("device", params, 10, cuda) == cuda
+    assert theta0_device("cpu", params, 10**12, cuda) == torch.device("cpu")
+    assert theta0_device("device", params, None, torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match="theta0='gpu' is not one of"):
+        LPLRMonitor(theta0="gpu")

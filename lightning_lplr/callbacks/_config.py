@@ -121,6 +121,7 @@ class NTKConfig:
     norm_mode: str = "probe"
     full_batch: bool | None = None
     overhead: float | None = 0.05
+    theta0: str = "auto"
     ntk_every_explicit: bool = False
     """Whether the user chose ``ntk_every`` (then its steps are the budget's candidates)."""
     probe_size_explicit: bool = False
@@ -256,6 +257,7 @@ LPLR_ARGUMENTS = frozenset(
         "norm_mode",
         "full_batch",
         "overhead",
+        "theta0",
     }
 )
 """Every argument of :class:`~lightning_lplr.LPLRMonitor` (a test keeps it equal to the signature)."""

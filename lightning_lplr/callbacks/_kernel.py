@@ -32,7 +32,18 @@ from lightning_lplr.functional.memory import (
 )
 from lightning_lplr.functional.ntk import empirical_ntk
 
-__all__ = ["KernelPlan", "gathered", "kept_loss", "kernel_block", "plan_kernel", "sequence_mask"]
+__all__ = [
+    "KernelPlan",
+    "gathered",
+    "kept_loss",
+    "kernel_block",
+    "plan_kernel",
+    "sequence_mask",
+    "theta0_device",
+]
+
+THETA0_SHARE = 0.1
+"""``theta0="auto"`` keeps ``θ_0`` on the CPU when it would take more than this share of the budget."""
 
 IGNORE_INDEX = -100
 """The label value PyTorch's and HuggingFace's losses ignore."""
@@ -186,3 +197,26 @@ def gathered(block: Tensor, collective: Collective, m: int, norm_mode: str) -> T
     if whole(collective, norm_mode):
         return block.to(torch.float64)
     return gather_rows(collective, block, m).to(torch.float64)
+
+
+def theta0_device(
+    choice: str, params: dict[str, Tensor], budget: int | None, device: torch.device
+) -> torch.device:
+    """Where ``θ_0`` (a copy of the trainable parameters) is kept: ``"device"``, ``"cpu"`` or ``"auto"``.
+
+    ``"auto"`` keeps it on the training device unless it would take more than
+    :data:`THETA0_SHARE` of the memory budget there (``max_memory_bytes``, else the device's free
+    memory); on the CPU it is moved per sample where needed (the parameter drift, the
+    linearisation gap), at the cost of one host-to-device copy per sample.
+
+    Example:
+        >>> theta0_device("auto", {"w": torch.zeros(3)}, None, torch.device("cpu"))
+        device(type='cpu')
+    """
+    if choice == "cpu" or device.type == "cpu":
+        return torch.device("cpu")
+    if choice == "device":
+        return device
+    size = sum(v.numel() * 4 for v in params.values())  # float32 copies
+    budget = budget if budget is not None else default_budget(device)
+    return torch.device("cpu") if budget is not None and size > THETA0_SHARE * budget else device

@@ -28,7 +28,7 @@ from lightning_lplr.callbacks._collective import Collective, any_failed, split_s
 from lightning_lplr.callbacks._config import NTKConfig
 from lightning_lplr.callbacks._isolation import compute_context, float32_state, preserved
 from lightning_lplr.callbacks._journal import Journal
-from lightning_lplr.callbacks._kernel import gathered, kernel_block, plan_kernel, sequence_mask
+from lightning_lplr.callbacks._kernel import gathered, kernel_block, plan_kernel, sequence_mask, theta0_device
 from lightning_lplr.callbacks._model_call import ModelCall, cache_off, tree_map
 from lightning_lplr.callbacks._probe_quantities import ProbeQuantities, parameter_gradient
 from lightning_lplr.callbacks._step_parts import GapSeries
@@ -146,6 +146,7 @@ class NTKPart:
         """
         assert self.probe is not None and self._call is not None and self.theta0 is not None
         config = self.config
+        theta0 = {k: v.to(pl_module.device) for k, v in self.theta0.items()}
         with preserved(pl_module), compute_context(pl_module), cache_off(pl_module):
             pl_module.eval()
             at_theta0, statistics = self._reference_call(), self.state0.get("statistics")
@@ -153,14 +154,12 @@ class NTKPart:
             block = outputs = None
             try:
                 with torch.no_grad():
-                    outputs = with_norm_mode(at_theta0, config.norm_mode, statistics)(
-                        self.theta0, self.probe.x
-                    )
+                    outputs = with_norm_mode(at_theta0, config.norm_mode, statistics)(theta0, self.probe.x)
                 g = None
                 if self.kind == "loss_gram" and config.loss_fn is not None:
                     g = output_gradient(config.loss_fn, outputs, self.probe.y)[1]
                 settings = self._settings()
-                block = kernel_block(at_theta0, self.probe, self.theta0, collective, settings, statistics, g)
+                block = kernel_block(at_theta0, self.probe, theta0, collective, settings, statistics, g)
             except Exception as err:  # the run goes on: the first sample becomes the reference
                 error = err
             if any_failed(collective, error is not None, pl_module.device):
@@ -171,7 +170,7 @@ class NTKPart:
             stats = spectrum_from_eigenvalues(eigs / self.probe.size)
             if not math.isfinite(stats.lambda_max):
                 return
-            self.kernel0 = kernel0
+            self.kernel0 = kernel0.cpu()
             self.lambda_min0, self.lambda_max0 = stats.lambda_min, stats.lambda_max
             self.outputs0 = outputs.detach()
 
@@ -194,15 +193,16 @@ class NTKPart:
         self._check_model(pl_module)
         if self.with_kernel:
             self._plan(pl_module, collective)
+        self._theta0_device = theta0_device(self.config.theta0, params, self.config.max_memory_bytes, device)
         if self.theta0 is None:
-            self.theta0 = {k: v.clone() for k, v in float32_state(params).items()}
+            self.theta0 = {k: v.to(self._theta0_device, copy=True) for k, v in float32_state(params).items()}
             self.theta0_step = trainer.global_step
             self.state0 = self._reference_state(pl_module)
         else:
-            self.theta0 = {k: v.to(device) for k, v in self.theta0.items()}
+            self.theta0 = {k: v.to(self._theta0_device) for k, v in self.theta0.items()}
             self.state0 = moved(self.state0, device)
         if self.kernel0 is not None:
-            self.kernel0 = self.kernel0.to(device)
+            self.kernel0 = self.kernel0.cpu()  # Θ_0 stays on the CPU (moved per sample where needed)
         if self.outputs0 is not None:
             self.outputs0 = self.outputs0.to(device)
 
@@ -404,7 +404,7 @@ class NTKPart:
         self.eigenvalues = stats.eigenvalues
         self._kernel_eigs = eigs
         if self.kernel0 is None:
-            self.kernel0 = kernel.detach().clone()
+            self.kernel0 = kernel.detach().to("cpu", copy=True)  # Θ_0 on the CPU
             self.lambda_min0, self.lambda_max0 = stats.lambda_min, stats.lambda_max
         # ‖Θ_0‖₂ = max |λ(Θ_0)|: the extreme eigenvalues of the first sample, kept.
         norm0 = max(abs(self.lambda_min0), abs(self.lambda_max0))

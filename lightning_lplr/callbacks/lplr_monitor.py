@@ -132,6 +132,9 @@ class LPLRMonitor(Monitor):
             by rank 0 for all ranks; a run too short for one sample says so once, with the fix.
             ``None``: sample at every step of ``ntk_every`` (the preset's log-spaced schedule when
             not given), whatever it costs.
+        theta0: where ``θ_0`` (a float32 copy of the trainable parameters, kept for the drift and
+            the linearisation) lives: ``"device"``, ``"cpu"`` or ``"auto"`` (the CPU when it would
+            take more than 10 % of the memory budget). ``Θ_0`` always stays on the CPU.
 
     Example:
         >>> from lightning.pytorch import Trainer
@@ -170,6 +173,7 @@ class LPLRMonitor(Monitor):
         norm_mode: str = "probe",
         full_batch: bool | None = None,
         overhead: float | None = 0.05,
+        theta0: str = "auto",
     ) -> None:
         arguments = dict(locals())
         config = NTKConfig.build(arguments)

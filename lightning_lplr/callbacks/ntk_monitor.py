@@ -42,7 +42,7 @@ class NTKMonitor(Monitor):
     Args:
         preset, ntk_every, probe, probe_size, probe_seed, input_fn, target_fn, output_fn, loss_fn,
         kind, implementation, chunk_size, max_memory_bytes, loss_star, loss_star_margin, prefix,
-        log_histograms, norm_mode, full_batch, overhead: as for :class:`~lightning_lplr.LPLRMonitor`
+        log_histograms, norm_mode, full_batch, overhead, theta0: as for :class:`~lightning_lplr.LPLRMonitor`
             (``loss_star`` and its margin set the gap of the probe PL ratio).
         **ignored: other arguments of :class:`~lightning_lplr.LPLRMonitor`, which this monitor
             ignores: a ``FutureWarning`` now, an error in the next release.
@@ -75,6 +75,7 @@ class NTKMonitor(Monitor):
         norm_mode: str = "probe",
         full_batch: bool | None = None,
         overhead: float | None = 0.05,
+        theta0: str = "auto",
         **ignored: Any,
     ) -> None:
         reject_ignored(type(self).__name__, ignored)
