@@ -180,6 +180,7 @@ class NTKConfig:
                 "(the loss you train with), or another kind."
             )
         check_choice("norm_mode", kw.get("norm_mode", "probe"), NORM_MODES, hint="See docs/normalization.md.")
+        check_choice("theta0", kw.get("theta0", "auto"), ("auto", "device", "cpu"), hint="Where θ_0 is kept.")
         if kw.get("full_batch") is not None and not isinstance(kw["full_batch"], bool):
             raise ValueError(f"full_batch={kw['full_batch']!r} must be None (detect), True or False.")
         check_probe(kw.get("probe"))
