@@ -217,7 +217,7 @@ def _part_ntk(rank: int, cfg: dict[str, Any]) -> dict[str, Any]:
     )
     part = monitor._ntk
     part.probe = Probe(x, y)
-    part.theta0 = {f"net.{k}": v.clone() for k, v in params.items()}
+    part.ref.theta0 = {f"net.{k}": v.clone() for k, v in params.items()}
     # Θ₀ at slightly moved parameters: a later sample of a run whose kernel has drifted.
     torch.manual_seed(4)
     moved = {f"net.{k}": v + 0.01 * v.std() * torch.randn_like(v) for k, v in params.items()}
@@ -230,7 +230,7 @@ def _part_ntk(rank: int, cfg: dict[str, Any]) -> dict[str, Any]:
 
     kernel0 = empirical_ntk(fn, x, params=moved, kind="full").to(torch.float64)
     stats0 = spectrum_stats(kernel0, normalize=cfg["probe"])
-    part.kernel0, part.lambda_min0, part.lambda_max0 = (
+    part.ref.kernel0, part.ref.lambda_min0, part.ref.lambda_max0 = (
         kernel0,
         stats0.lambda_min,
         stats0.lambda_max,

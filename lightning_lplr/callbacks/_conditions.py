@@ -41,6 +41,7 @@ __all__ = [
     "LOSS_MATCH_RTOL",
     "Predictor",
     "RunConditions",
+    "RunSetup",
     "contraction_reason",
     "loss_pred_reason",
     "optimizer_info",
@@ -314,3 +315,56 @@ def _package_version() -> str:
         return version("lightning-lplr")
     except PackageNotFoundError:  # pragma: no cover - a source tree without install
         return "unknown"
+
+
+@dataclass
+class RunSetup:
+    """What a monitor fixes at the start of training: the conditions, the predictions that apply."""
+
+    trainer: Any
+    ntk: Any
+    conditions: RunConditions
+    loss_pred: str | None
+    """Why the kernel-predicted loss does not apply to this run (``None``: it does)."""
+    predict: Predictor | None
+    """``rate/contraction_pred`` of each step (``None``: a monitor without rate or NTK part)."""
+
+    @classmethod
+    def of(cls, trainer: pl.Trainer, pl_module: LightningModule, ntk: Any, *, rate: bool) -> RunSetup:
+        """Read the run's conditions once the NTK part has its probe and kernel plan."""
+        conditions = RunConditions.of(
+            trainer,
+            pl_module,
+            probe_size=None if ntk is None or ntk.probe is None else ntk.probe.size,
+            probe_from_training_set=ntk is not None and ntk.config.probe is None,
+            full_batch=None if ntk is None else ntk.config.full_batch,
+        )
+        full_kernel = ntk is not None and ntk.with_kernel and ntk.kind == "full"  # after the memory plan
+        has_loss_fn = ntk is not None and ntk.config.loss_fn is not None
+        optimizers = list(trainer.optimizers)
+        reason = loss_pred_reason(conditions, optimizers, full_kernel=full_kernel, has_loss_fn=has_loss_fn)
+        predict = None
+        if rate and ntk is not None:
+            quantities = ntk.quantities
+            predict = Predictor(
+                conditions,
+                has_loss_fn=has_loss_fn,
+                full_kernel=full_kernel,
+                latest=lambda: (quantities.mu_ntk, quantities.beta, quantities.probe_loss),
+            )
+        return cls(trainer, ntk, conditions, reason, predict)
+
+    def marker(self, *, monitor: str, prefix: str, loss_star: Any) -> dict[str, Any]:
+        """The run's schema marker (:func:`run_marker`)."""
+        ntk = self.ntk
+        return run_marker(
+            monitor=monitor,
+            prefix=prefix,
+            kernel_kind=ntk.kind if ntk is not None and ntk.with_kernel else None,
+            norm_mode=None if ntk is None else ntk.config.norm_mode,
+            loss_fn=None if ntk is None else ntk.config.loss_fn,
+            loss_star=loss_star,
+            optimizers=list(self.trainer.optimizers),
+            conditions=self.conditions,
+            world_size=self.trainer.world_size,
+        )

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_lplr.callbacks._collective import Collective, gather_rows, shards
+from lightning_lplr.callbacks._collective import Collective, any_failed, gather_rows, shards, split_spectra
 from lightning_lplr.callbacks.probe import Probe
 from lightning_lplr.functional.memory import (
     default_budget,
@@ -30,7 +31,10 @@ from lightning_lplr.functional.memory import (
     measure_ntk_problem,
     plan_ntk_memory,
 )
+from lightning_lplr.functional.normalization import with_norm_mode
 from lightning_lplr.functional.ntk import empirical_ntk
+from lightning_lplr.functional.objective import output_gradient
+from lightning_lplr.functional.spectrum import spectrum_from_eigenvalues
 
 __all__ = [
     "KernelPlan",
@@ -38,6 +42,7 @@ __all__ = [
     "kept_loss",
     "kernel_block",
     "plan_kernel",
+    "reference_kernel",
     "sequence_mask",
     "theta0_device",
 ]
@@ -111,29 +116,72 @@ def plan_kernel(
     call: Any,
     probe: Probe,
     params: dict[str, Tensor],
-    mask: Tensor | None,
     collective: Collective,
     device: torch.device,
-) -> KernelPlan:
+) -> tuple[KernelPlan | str, Tensor | None]:
     """The kernel kind, chunking and probe size that fit the memory budget (the same on every rank).
 
-    Raises:
-        ValueError: not even two probe samples fit, one at a time (the message gives the estimate).
+    Returns:
+        The plan, or the reason no kernel fits (not even two probe samples, one at a time); and the
+        sequence mask of the probe's outputs (:func:`sequence_mask`).
     """
+    mask = sequence_mask(probe, call(params, probe.x))
     budget = config.max_memory_bytes or default_budget(device)
     if collective.world_size > 1 and budget is not None:
         budget = int(collective.all_reduce(torch.tensor(float(budget), device=device), "min"))
     if budget is None:  # the free memory is unknown: compute what was asked
-        return KernelPlan(config.kind, config.chunk_size, probe.size, config.max_memory_bytes, "")
+        return KernelPlan(config.kind, config.chunk_size, probe.size, config.max_memory_bytes, ""), mask
     size = measure_ntk_problem(call, probe.x, params=params, output_mask=mask, norm_mode=config.norm_mode)
-    plan = plan_ntk_memory(
-        size, budget, kind=config.kind, implementation=config.implementation, norm_mode=config.norm_mode
-    )
+    try:
+        plan = plan_ntk_memory(
+            size, budget, kind=config.kind, implementation=config.implementation, norm_mode=config.norm_mode
+        )
+    except ValueError as err:
+        return str(err), mask
     chunk = config.chunk_size if config.chunk_size is not None else plan.chunk_size
     reason = plan.reason if (plan.kind != config.kind or plan.probe_size < probe.size) else ""
     if reason:
         reason = f"{reason} (memory budget {format_bytes(budget)})"
-    return KernelPlan(plan.kind, chunk, plan.probe_size, config.max_memory_bytes, reason)
+    return KernelPlan(plan.kind, chunk, plan.probe_size, config.max_memory_bytes, reason), mask
+
+
+def reference_kernel(
+    at_theta0: Any,
+    probe: Probe,
+    theta0: dict[str, Tensor],
+    collective: Collective,
+    settings: dict[str, Any],
+    state0: dict[str, Any],
+    loss_fn: Any,
+) -> tuple[Tensor, float, float, Tensor] | None:
+    """``(Θ_0 on the CPU, λ_min(Θ_0), λ_max(Θ_0), f_0)`` at ``θ_0`` on every rank, or ``None`` on a failure.
+
+    Every rank computes its block, then all agree on failures before the gather (see
+    :mod:`._collective`).
+    """
+    norm_mode, statistics = settings["norm_mode"], state0.get("statistics")
+    error: BaseException | None = None
+    block = outputs = None
+    try:
+        with torch.no_grad():
+            outputs = with_norm_mode(at_theta0, norm_mode, statistics)(theta0, probe.x)
+        g = None
+        if settings["kind"] == "loss_gram" and loss_fn is not None:
+            g = output_gradient(loss_fn, outputs, probe.y)[1]
+        block = kernel_block(at_theta0, probe, theta0, collective, settings, statistics, g)
+    except Exception as err:  # the run goes on: the first sample becomes the reference
+        error = err
+    if any_failed(
+        collective, error is not None, outputs.device if outputs is not None else torch.device("cpu")
+    ):
+        return None
+    assert block is not None and outputs is not None
+    kernel0 = gathered(block, collective, probe.size, norm_mode)
+    eigs, _ = split_spectra(collective, kernel0, None)
+    stats = spectrum_from_eigenvalues(eigs / probe.size)
+    if not math.isfinite(stats.lambda_max):
+        return None
+    return kernel0.cpu(), stats.lambda_min, stats.lambda_max, outputs.detach()
 
 
 def whole(collective: Collective, norm_mode: str) -> bool:

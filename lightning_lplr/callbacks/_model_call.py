@@ -36,12 +36,18 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lightning_lplr.functional.normalization import probe_statistics
+
 __all__ = [
     "LABEL_KEYS",
     "ModelCall",
+    "bind_model",
+    "check_model",
     "conventional_inputs",
     "conventional_targets",
     "output_tensor",
+    "reference_call",
+    "reference_state",
     "tree_map",
     "tree_size",
 ]
@@ -242,3 +248,54 @@ class ModelCall:
                 f"the model output has {out.shape[0]} rows for {b} samples, and they are not sample-major "
                 "(row blocks of one sample each); pass output_fn=lambda out: <(batch, ...) tensor>."
             )
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def bind_model(module: nn.Module, output_fn: Callable[[Any], Tensor] | None) -> tuple[ModelCall, bool]:
+    """The monitor's call of ``module``, and whether it trains in half precision (then float32 buffers)."""
+    half = any(p.dtype in _HALF for p in module.parameters() if p.requires_grad)
+    buffers = {k: v.detach() for k, v in module.named_buffers()}
+    floats = {k: (v.float() if v.dtype in _HALF else v) for k, v in buffers.items()} if half else None
+    return ModelCall(module, output_fn, floats), half
+
+
+def check_model(call: ModelCall, probe: Any, params: dict[str, Tensor], owner: str, explicit: Any) -> None:
+    """The model must run on the probe and return a tensor: a configuration error at the start otherwise.
+
+    Raises:
+        ValueError: naming ``probe=``, ``input_fn=`` and ``output_fn=``, with the model's error as cause.
+    """
+    try:
+        call.calibrate(params, probe.rows(slice(0, 2)))
+    except Exception as err:
+        source = "probe=" if explicit is not None else "the training data"
+        raise ValueError(
+            f"{owner} cannot run {type(call.module).__name__}.forward on the probe ({type(err).__name__}: "
+            f"{err}). The probe comes from {source}: pass probe= with inputs forward accepts, input_fn= to "
+            "pick them out of a batch, or output_fn= to pick the output tensor."
+        ) from err
+
+
+def reference_state(
+    call: ModelCall, probe: Any, params: dict[str, Tensor], half: bool, norm_mode: str | None
+) -> dict[str, Any]:
+    """What the model at ``θ_0`` needs besides ``θ_0``: its buffers, and the probe statistics there."""
+    buffers = {k: v.detach().clone() for k, v in call.module.named_buffers()}
+    state: dict[str, Any] = {
+        "buffers": {k: (v.float() if half and v.dtype in _HALF else v) for k, v in buffers.items()}
+    }
+    if norm_mode == "probe":
+        state["statistics"] = probe_statistics(call, probe.x, params=params)
+    return state
+
+
+def reference_call(call: ModelCall, state0: dict[str, Any]) -> Callable[[dict[str, Tensor], Any], Tensor]:
+    """``f(θ, inputs)`` with the buffers (running statistics) kept at ``θ_0``."""
+    buffers0 = state0.get("buffers", {})
+
+    def at_theta0(params: dict[str, Tensor], inputs: Any) -> Tensor:
+        return call({**buffers0, **params}, inputs)
+
+    return at_theta0

@@ -28,13 +28,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_lplr.callbacks._collective import Collective, LocalCollective, StrategyCollective
-from lightning_lplr.callbacks._conditions import (
-    Predictor,
-    RunConditions,
-    loss_pred_reason,
-    optimizer_info,
-    run_marker,
-)
+from lightning_lplr.callbacks._conditions import Predictor, RunConditions, RunSetup, optimizer_info
 from lightning_lplr.callbacks._config import StepConfig
 from lightning_lplr.callbacks._journal import Journal
 from lightning_lplr.callbacks._ntk_part import NTKPart
@@ -44,9 +38,8 @@ from lightning_lplr.callbacks._step_buffer import (
     grad_norm,
     loss_of,
     monitored_keys,
-    stack_float64,
 )
-from lightning_lplr.callbacks._step_parts import GapSeries, PLPart, RatePart
+from lightning_lplr.callbacks._step_parts import GapSeries, PLPart, RatePart, step_metrics
 from lightning_lplr.report import render_markdown, render_text, report_from_history
 from lightning_lplr.reporting import tensorboard as tb
 from lightning_lplr.reporting.fanout import update_callback_metrics, write_marker
@@ -227,37 +220,12 @@ class Monitor(Callback):
                     broadcast=(lambda d: collective.broadcast(d, src=0)) if trainer.world_size > 1 else None,
                     advise=lambda message: self._journal.warn_once("ntk_budget", message),
                 )
-        self._conditions = RunConditions.of(
-            trainer,
-            pl_module,
-            probe_size=None if ntk is None or ntk.probe is None else ntk.probe.size,
-            probe_from_training_set=ntk is not None and ntk.config.probe is None,
-            full_batch=None if ntk is None else ntk.config.full_batch,
-        )
-        full_kernel = ntk is not None and ntk.with_kernel and ntk.kind == "full"  # after the memory plan
-        has_loss_fn = ntk is not None and ntk.config.loss_fn is not None
-        self._loss_pred_reason = loss_pred_reason(
-            self._conditions, list(trainer.optimizers), full_kernel=full_kernel, has_loss_fn=has_loss_fn
-        )
-        self._predict = None
-        if self._rate is not None and ntk is not None:
-            quantities = ntk.quantities
-            self._predict = Predictor(
-                self._conditions,
-                has_loss_fn=has_loss_fn,
-                full_kernel=full_kernel,
-                latest=lambda: (quantities.mu_ntk, quantities.beta, quantities.probe_loss),
-            )
-        self._marker = run_marker(
+        run = RunSetup.of(trainer, pl_module, ntk, rate=self._rate is not None)
+        self._conditions, self._loss_pred_reason, self._predict = run.conditions, run.loss_pred, run.predict
+        self._marker = run.marker(
             monitor=type(self).__name__,
             prefix=self.prefix,
-            kernel_kind=ntk.kind if ntk is not None and ntk.with_kernel else None,
-            norm_mode=None if ntk is None else ntk.config.norm_mode,
-            loss_fn=None if ntk is None else ntk.config.loss_fn,
             loss_star=None if self._gaps is None else self._gaps.loss_star,
-            optimizers=list(trainer.optimizers),
-            conditions=self._conditions,
-            world_size=trainer.world_size,
         )
         write_marker(trainer, self.prefix, self._marker)
 
@@ -438,34 +406,11 @@ class Monitor(Callback):
 
     def _step_metrics(self, records: list[StepRecord]) -> dict[int, dict[str, float]]:
         """Step-level PL and rate quantities of ``records`` (in step order), step → metrics."""
-        with_loss = [r for r in records if r.loss is not None]
-        if len(with_loss) < len(records):
-            self._journal.warn_once(
-                "no_loss",
-                "training_step returned no loss tensor (None, or a dict without 'loss'); the step-level PL "
-                "and rate quantities need it and are not logged.",
-            )
-        if not with_loss or self._gaps is None:
+        if self._gaps is None:
             return {}
-        # One stack, one collective and one device→host copy for the whole batch of steps.
-        losses_t = stack_float64([r.loss for r in with_loss if r.loss is not None])
-        losses_t = self._collective.all_reduce(losses_t, "mean")
-        losses = losses_t.cpu().tolist()
-        squares = [r.grad_norm_sq for r in with_loss if r.grad_norm_sq is not None]
-        values = iter(stack_float64(squares).cpu().tolist() if squares else [])
-        grad_norm_sq = [next(values) if r.grad_norm_sq is not None else math.nan for r in with_loss]
-
-        steps, history, out = self._gaps.gaps(with_loss, losses, grad_norm_sq)
-        predictions = {}
-        for step in steps:
-            out[step.record.step] = self._pl.metrics(step) if self._pl is not None else {}
-            if self._predict is not None:  # in step order: a sample's loss check holds from its step on
-                predictions[step.record.step] = self._predict(step)
-        if self._rate is not None:
-            predict = (lambda step: predictions[step.record.step]) if self._predict is not None else None
-            for t, metrics in self._rate.metrics(history, steps, predict).items():
-                out[t].update(metrics)
-        return out
+        return step_metrics(
+            records, self._collective, self._gaps, self._pl, self._rate, self._predict, self._journal
+        )
 
 
 def _current_lr(trainer: pl.Trainer) -> float:

@@ -13,6 +13,7 @@ float32 whatever the training precision, under the configured ``norm_mode``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
@@ -23,14 +24,29 @@ import torch
 from torch import Tensor, nn
 
 from lightning_lplr.callbacks._budget import NTKBudget
-from lightning_lplr.callbacks._checkpoint import moved, plain, unplain
+from lightning_lplr.callbacks._checkpoint import moved
 from lightning_lplr.callbacks._collective import Collective, any_failed, split_spectra
 from lightning_lplr.callbacks._config import NTKConfig
 from lightning_lplr.callbacks._isolation import compute_context, float32_state, preserved
 from lightning_lplr.callbacks._journal import Journal
-from lightning_lplr.callbacks._kernel import gathered, kernel_block, plan_kernel, sequence_mask, theta0_device
-from lightning_lplr.callbacks._model_call import ModelCall, cache_off, tree_map
+from lightning_lplr.callbacks._kernel import (
+    gathered,
+    kernel_block,
+    plan_kernel,
+    reference_kernel,
+    theta0_device,
+)
+from lightning_lplr.callbacks._model_call import (
+    ModelCall,
+    bind_model,
+    cache_off,
+    check_model,
+    reference_call,
+    reference_state,
+    tree_map,
+)
 from lightning_lplr.callbacks._probe_quantities import ProbeQuantities, parameter_gradient
+from lightning_lplr.callbacks._reference import Reference
 from lightning_lplr.callbacks._step_parts import GapSeries
 from lightning_lplr.callbacks.probe import Probe, training_probe
 from lightning_lplr.functional.normalization import probe_statistics, with_norm_mode
@@ -73,13 +89,8 @@ class NTKPart:
     def reset(self) -> None:
         """Forget the run (a new fit without a checkpoint)."""
         self.probe: Probe | None = None
-        self.theta0: dict[str, Tensor] | None = None
-        self.state0: dict[str, Any] = {}
-        """Buffers and normalisation statistics at ``θ_0`` (the linearisation's reference function)."""
-        self.kernel0: Tensor | None = None
-        self.lambda_min0 = math.nan
-        self.lambda_max0 = math.nan
-        self.lipschitz = 0.0
+        self.ref = Reference()
+        """``θ_0``, ``Θ_0`` and what was kept with them: what drift and linearisation refer to."""
         self.probe_losses: deque[tuple[int, float]] = deque(maxlen=self.gaps.window.maxlen)
         self.last_step = -1
         self.eigenvalues: Tensor | None = None
@@ -91,9 +102,6 @@ class NTKPart:
         self._backoff = 0
         if self.budget is not None:
             self.budget.reset()
-        self.theta0_step = 0
-        self.outputs0: Tensor | None = None
-        """The probe outputs at ``θ_0`` when ``Θ_0`` was computed there (:meth:`reference`)."""
         self.kind = self.config.kind
         """The kernel kind sampled: the configured one, unless it does not fit the memory budget."""
         self.chunk_size = self.config.chunk_size
@@ -122,7 +130,7 @@ class NTKPart:
         if self.with_kernel and self.budget is not None:
             candidate = self.budget.decide(step)
         elif self.with_kernel:
-            candidate = bool(self.schedule(step)) or (self.kernel0 is None and self.last_step < 0)
+            candidate = bool(self.schedule(step)) or (self.ref.kernel0 is None and self.last_step < 0)
         else:
             candidate = self.config.loss_fn is not None and bool(self.schedule(step))
         if step == self.last_step:
@@ -134,8 +142,8 @@ class NTKPart:
 
     def needs_reference(self, step: int) -> bool:
         """Whether ``Θ_0`` must first be computed at ``θ_0`` (a budgeted first sample comes later)."""
-        first = self.budget is not None and self.kernel0 is None and self.theta0 is not None
-        return first and self.theta0_step < step
+        first = self.budget is not None and self.ref.kernel0 is None and self.ref.theta0 is not None
+        return first and self.ref.step < step
 
     def reference(self, pl_module: pl.LightningModule, collective: Collective) -> None:
         """``Θ_0`` and the outputs ``f_0`` at ``θ_0`` (kept at the start), on every rank.
@@ -144,35 +152,21 @@ class NTKPart:
         and the kernel-predicted loss still refer to the initialisation. A failure leaves ``Θ_0``
         unset: the sample then takes its own kernel as the reference, as without a budget.
         """
-        assert self.probe is not None and self._call is not None and self.theta0 is not None
-        config = self.config
-        theta0 = {k: v.to(pl_module.device) for k, v in self.theta0.items()}
-        with preserved(pl_module), compute_context(pl_module), cache_off(pl_module):
-            pl_module.eval()
-            at_theta0, statistics = self._reference_call(), self.state0.get("statistics")
-            error: BaseException | None = None
-            block = outputs = None
-            try:
-                with torch.no_grad():
-                    outputs = with_norm_mode(at_theta0, config.norm_mode, statistics)(theta0, self.probe.x)
-                g = None
-                if self.kind == "loss_gram" and config.loss_fn is not None:
-                    g = output_gradient(config.loss_fn, outputs, self.probe.y)[1]
-                settings = self._settings()
-                block = kernel_block(at_theta0, self.probe, theta0, collective, settings, statistics, g)
-            except Exception as err:  # the run goes on: the first sample becomes the reference
-                error = err
-            if any_failed(collective, error is not None, pl_module.device):
-                return
-            assert block is not None and outputs is not None
-            kernel0 = gathered(block, collective, self.probe.size, config.norm_mode)
-            eigs, _ = split_spectra(collective, kernel0, None)
-            stats = spectrum_from_eigenvalues(eigs / self.probe.size)
-            if not math.isfinite(stats.lambda_max):
-                return
-            self.kernel0 = kernel0.cpu()
-            self.lambda_min0, self.lambda_max0 = stats.lambda_min, stats.lambda_max
-            self.outputs0 = outputs.detach()
+        assert self.probe is not None and self._call is not None and self.ref.theta0 is not None
+        theta0 = {k: v.to(pl_module.device) for k, v in self.ref.theta0.items()}
+        with self._isolated(pl_module):
+            at_theta0 = reference_call(self._call, self.ref.state0)
+            found = reference_kernel(
+                at_theta0,
+                self.probe,
+                theta0,
+                collective,
+                self._settings(),
+                self.ref.state0,
+                self.config.loss_fn,
+            )
+        if found is not None:
+            self.ref.kernel0, self.ref.lambda_min0, self.ref.lambda_max0, self.ref.outputs0 = found
 
     def _failed(self, failed: bool) -> None:
         """Record whether the sample just taken failed (sets the back-off of :meth:`wants`)."""
@@ -190,40 +184,41 @@ class NTKPart:
                 training_probe(self.config, trainer, pl_module, self.journal), src=0
             )
         self.probe = self.probe.to(device, float32=self._half)
-        self._check_model(pl_module)
+        assert self._call is not None
+        with self._isolated(pl_module), torch.no_grad():
+            check_model(
+                self._call, self.probe, self._params(pl_module), self.journal.owner, self.config.probe
+            )
         if self.with_kernel:
             self._plan(pl_module, collective)
-        self._theta0_device = theta0_device(self.config.theta0, params, self.config.max_memory_bytes, device)
-        if self.theta0 is None:
-            self.theta0 = {k: v.to(self._theta0_device, copy=True) for k, v in float32_state(params).items()}
-            self.theta0_step = trainer.global_step
-            self.state0 = self._reference_state(pl_module)
+        where = theta0_device(self.config.theta0, params, self.config.max_memory_bytes, device)
+        if self.ref.theta0 is None:
+            self.ref.theta0 = {k: v.to(where, copy=True) for k, v in float32_state(params).items()}
+            self.ref.step = trainer.global_step
+            with self._isolated(pl_module):
+                self.ref.state0 = reference_state(
+                    self._call, self.probe, self._params(pl_module), self._half, self.config.norm_mode
+                )
         else:
-            self.theta0 = {k: v.to(self._theta0_device) for k, v in self.theta0.items()}
-            self.state0 = moved(self.state0, device)
-        if self.kernel0 is not None:
-            self.kernel0 = self.kernel0.cpu()  # Θ_0 stays on the CPU (moved per sample where needed)
-        if self.outputs0 is not None:
-            self.outputs0 = self.outputs0.to(device)
+            self.ref.theta0 = {k: v.to(where) for k, v in self.ref.theta0.items()}
+            self.ref.state0 = moved(self.ref.state0, device)
+        if self.ref.kernel0 is not None:
+            self.ref.kernel0 = self.ref.kernel0.cpu()  # Θ_0 stays on the CPU (moved per sample where needed)
+        if self.ref.outputs0 is not None:
+            self.ref.outputs0 = self.ref.outputs0.to(device)
 
     def _plan(self, pl_module: pl.LightningModule, collective: Collective) -> None:
         """Which outputs count (sequence masks) and which kernel fits the memory budget; said once."""
         assert self.probe is not None and self._call is not None
-        params = self._params(pl_module)
-        with preserved(pl_module), torch.no_grad(), compute_context(pl_module), cache_off(pl_module):
-            pl_module.eval()
-            outputs = self._call(params, self.probe.x)
-            self.mask = sequence_mask(self.probe, outputs)
-            try:
-                plan = plan_kernel(
-                    self.config, self._call, self.probe, params, self.mask, collective, pl_module.device
-                )
-            except ValueError as err:  # not even two samples fit: monitor without a kernel
-                self.with_kernel = False
-                self.journal.warn_once(
-                    "ntk_memory", f"{self.journal.owner} samples no NTK in this run: {err}"
-                )
-                return
+        with self._isolated(pl_module), torch.no_grad():
+            plan, self.mask = plan_kernel(
+                self.config, self._call, self.probe, self._params(pl_module), collective, pl_module.device
+            )
+        owner = self.journal.owner
+        if isinstance(plan, str):  # not even two samples fit: monitor without a kernel
+            self.with_kernel = False
+            self.journal.warn_once("ntk_memory", f"{owner} samples no NTK in this run: {plan}")
+            return
         self.kind, self.chunk_size = plan.kind, plan.chunk_size
         if plan.probe_size < self.probe.size:
             self.probe = Probe(
@@ -231,50 +226,24 @@ class NTKPart:
             )
             self.mask = None if self.mask is None else self.mask[: plan.probe_size]
         if plan.reason:
-            self.journal.warn_once("ntk_memory", f"{self.journal.owner}: {plan.reason}.")
+            self.journal.warn_once("ntk_memory", f"{owner}: {plan.reason}.")
 
     def bind(self, pl_module: nn.Module) -> dict[str, Tensor]:
         """Call ``pl_module`` from now on (float32 copies of buffers under half precision); its parameters."""
-        params = trainable_params(pl_module)
-        self._half = any(p.dtype in _HALF for p in params.values())
-        buffers = dict(pl_module.named_buffers())
-        self._call = ModelCall(
-            pl_module, self.config.output_fn, float32_state(buffers) if self._half else None
-        )
-        return params
-
-    def _reference_state(self, pl_module: pl.LightningModule) -> dict[str, Any]:
-        """What the linearisation at ``θ_0`` needs besides ``θ_0``: buffers (eval) or probe statistics."""
-        assert self.probe is not None and self._call is not None
-        buffers = {k: v.detach().clone() for k, v in pl_module.named_buffers()}
-        state: dict[str, Any] = {"buffers": float32_state(buffers) if self._half else buffers}
-        if self.config.norm_mode == "probe":
-            with preserved(pl_module), compute_context(pl_module), cache_off(pl_module):
-                pl_module.eval()
-                state["statistics"] = probe_statistics(
-                    self._call, self.probe.x, params=self._params(pl_module)
-                )
-        return state
+        self._call, self._half = bind_model(pl_module, self.config.output_fn)
+        return trainable_params(pl_module)
 
     def _params(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
         params = trainable_params(pl_module)
         return float32_state(params) if self._half else params
 
-    def _check_model(self, pl_module: pl.LightningModule) -> None:
-        """The model must run on the probe and return a tensor (else a configuration error at the start)."""
-        assert self.probe is not None and self._call is not None
-        with preserved(pl_module), torch.no_grad(), compute_context(pl_module), cache_off(pl_module):
-            pl_module.eval()
-            try:
-                self._call.calibrate(self._params(pl_module), self.probe.rows(slice(0, 2)))
-            except Exception as err:
-                raise ValueError(
-                    f"{self.journal.owner} cannot run {type(pl_module).__name__}.forward on the probe "
-                    f"({type(err).__name__}: {err}). The probe comes from "
-                    f"{'probe=' if self.config.probe is not None else 'the training data'}: pass probe= with "
-                    "inputs forward accepts, input_fn= to pick them out of a batch, or output_fn= to pick "
-                    "the output tensor."
-                ) from err
+    def _isolated(self, pl_module: pl.LightningModule) -> contextlib.ExitStack:
+        """Modes and RNG restored, gradients on, autocast off, cache off, eval mode (dropout off)."""
+        stack = contextlib.ExitStack()
+        for context in (preserved(pl_module), compute_context(pl_module), cache_off(pl_module)):
+            stack.enter_context(context)
+        pl_module.eval()
+        return stack
 
     # ------------------------------------------------------------------ one sample
     def sample(
@@ -294,8 +263,7 @@ class NTKPart:
         self.eigenvalues = self._kernel_eigs = None
         config = self.config
         assert self.probe is not None and self._call is not None
-        with preserved(pl_module), compute_context(pl_module), cache_off(pl_module):
-            pl_module.eval()
+        with self._isolated(pl_module):
             params = self._params(pl_module)
             x, y = self.probe.x, self.probe.y
             # Everything a rank computes on its own first; then all ranks agree on failures
@@ -353,8 +321,8 @@ class NTKPart:
                             loss_star=loss_star,
                             mask=self.mask,
                             reference=None
-                            if self.outputs0 is None or self.kernel0 is None
-                            else (self.kernel0, self.outputs0, self.theta0_step),
+                            if self.ref.outputs0 is None or self.ref.kernel0 is None
+                            else (self.ref.kernel0, self.ref.outputs0, self.ref.step),
                         )
                     )
                 )
@@ -387,13 +355,13 @@ class NTKPart:
 
     def _spectra(self, collective: Collective, kernel: Tensor) -> tuple[Tensor, float]:
         """Eigenvalues of ``K`` and ``‖K − K_0‖₂`` (split over ranks 0 and 1, see :func:`split_spectra`)."""
-        return split_spectra(collective, kernel, self.kernel0)
+        return split_spectra(collective, kernel, self.ref.kernel0)
 
     def _kernel_metrics(
         self, kernel: Tensor, params: dict[str, Tensor], collective: Collective
     ) -> dict[str, float]:
         """Spectrum and drift under the kind's prefix; parameter drift; the region estimate (full kernel)."""
-        assert self.probe is not None and self.theta0 is not None
+        assert self.probe is not None and self.ref.theta0 is not None
         m = self.probe.size
         if not bool(torch.isfinite(kernel).all()):  # the same kernel on every rank: all skip together
             return self.journal.skip("ntk_error", "the NTK has non-finite entries")
@@ -403,11 +371,11 @@ class NTKPart:
             return self.journal.skip("ntk_error", "the NTK eigen solver did not converge")
         self.eigenvalues = stats.eigenvalues
         self._kernel_eigs = eigs
-        if self.kernel0 is None:
-            self.kernel0 = kernel.detach().to("cpu", copy=True)  # Θ_0 on the CPU
-            self.lambda_min0, self.lambda_max0 = stats.lambda_min, stats.lambda_max
+        if self.ref.kernel0 is None:
+            self.ref.kernel0 = kernel.detach().to("cpu", copy=True)  # Θ_0 on the CPU
+            self.ref.lambda_min0, self.ref.lambda_max0 = stats.lambda_min, stats.lambda_max
         # ‖Θ_0‖₂ = max |λ(Θ_0)|: the extreme eigenvalues of the first sample, kept.
-        norm0 = max(abs(self.lambda_min0), abs(self.lambda_max0))
+        norm0 = max(abs(self.ref.lambda_min0), abs(self.ref.lambda_max0))
         head = KIND_PREFIXES[self.kind]
         metrics = {
             head + "lambda_min": stats.lambda_min,
@@ -416,12 +384,14 @@ class NTKPart:
             head + "trace": stats.trace,
             head + "effective_rank": stats.effective_rank,
             head + "drift_op": relative_drift(distance / m, norm0),
-            head + "drift_fro": kernel_distance(kernel, self.kernel0, norm="fro"),
-            "param/drift": parameter_distance(params, self.theta0),
+            head + "drift_fro": kernel_distance(kernel, self.ref.kernel0, norm="fro"),
+            "param/drift": parameter_distance(params, self.ref.theta0),
         }
         if self.kind == "full":
-            region = region_estimate(self.lambda_min0, distance / m, metrics["param/drift"], self.lipschitz)
-            self.lipschitz = region.lipschitz
+            region = region_estimate(
+                self.ref.lambda_min0, distance / m, metrics["param/drift"], self.ref.lipschitz
+            )
+            self.ref.lipschitz = region.lipschitz
             metrics.update(
                 {
                     "ntk/lipschitz": region.lipschitz,
@@ -431,21 +401,13 @@ class NTKPart:
             )
         return metrics
 
-    def _reference_call(self) -> Any:
-        """The model at ``θ_0``'s buffers (running statistics kept at the start): ``f(θ, inputs)``."""
-        assert self._call is not None
-        call, buffers0 = self._call, self.state0.get("buffers", {})
-
-        def at_theta0(p: dict[str, Tensor], x: Any) -> Tensor:
-            return call({**buffers0, **p}, x)
-
-        return at_theta0
-
     def _linearization(self, params: dict[str, Tensor], outputs: Tensor) -> dict[str, float]:
         """``lin/gap`` and ``lin/gap_rel`` against the model linearised at ``θ_0`` (with its statistics)."""
-        assert self.probe is not None and self.theta0 is not None
-        fn0 = with_norm_mode(self._reference_call(), self.config.norm_mode, self.state0.get("statistics"))
-        return self.quantities.linearization(fn0, self.theta0, self.probe.x, params, outputs)
+        assert self.probe is not None and self.ref.theta0 is not None
+        assert self._call is not None
+        at_theta0 = reference_call(self._call, self.ref.state0)
+        fn0 = with_norm_mode(at_theta0, self.config.norm_mode, self.ref.state0.get("statistics"))
+        return self.quantities.linearization(fn0, self.ref.theta0, self.probe.x, params, outputs)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -453,16 +415,9 @@ class NTKPart:
         return {
             "probe_x": None if probe is None else moved(probe.x, "cpu"),
             "probe_y": None if probe is None or probe.y is None else moved(probe.y, "cpu"),
-            "theta0": None if self.theta0 is None else {k: v.cpu() for k, v in self.theta0.items()},
-            "state0": plain(moved(self.state0, "cpu")),
-            "kernel0": None if self.kernel0 is None else self.kernel0.cpu(),
-            "lambda_min0": self.lambda_min0,
-            "lambda_max0": self.lambda_max0,
-            "lipschitz": self.lipschitz,
+            **self.ref.state_dict(),
             "probe_losses": list(self.probe_losses),
             "last_ntk_step": self.last_step,
-            "theta0_step": self.theta0_step,
-            "outputs0": None if self.outputs0 is None else self.outputs0.cpu(),
             "budget": None if self.budget is None else self.budget.state_dict(),
             "quantities": self.quantities.state_dict(),
         }
@@ -470,16 +425,9 @@ class NTKPart:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         x = state.get("probe_x")
         self.probe = None if x is None else Probe(x, state.get("probe_y"))
-        self.theta0 = state.get("theta0")
-        self.state0 = unplain(state.get("state0") or {})
-        self.kernel0 = state.get("kernel0")
-        self.lambda_min0 = state.get("lambda_min0", math.nan)
-        self.lambda_max0 = state.get("lambda_max0", math.nan)
-        self.lipschitz = state.get("lipschitz", 0.0)
+        self.ref.load_state_dict(state)
         self.probe_losses = deque(state.get("probe_losses", []), maxlen=self.gaps.window.maxlen)
         self.last_step = state.get("last_ntk_step", -1)
-        self.theta0_step = state.get("theta0_step", 0)
-        self.outputs0 = state.get("outputs0")
         if self.budget is not None and state.get("budget") is not None:
             self.budget.load_state_dict(state["budget"])
         self.quantities.load_state_dict(state.get("quantities", state))

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from lightning_lplr.callbacks._journal import Journal
-from lightning_lplr.callbacks._step_buffer import StepRecord
+from lightning_lplr.callbacks._step_buffer import StepRecord, stack_float64
 from lightning_lplr.functional.pl import LowerEnvelope, estimate_loss_star, fit_loss_star, pl_ratio
 from lightning_lplr.functional.rate import classify_regime_rows, fit_linear_rate_rows
 from lightning_lplr.reporting.keys import REGIME_CODES
 
-__all__ = ["FIT_EVERY", "GapSeries", "PLPart", "RatePart", "StepGap"]
+__all__ = ["FIT_EVERY", "GapSeries", "PLPart", "RatePart", "StepGap", "step_metrics"]
 
 FIT_EVERY = 50
 """``loss_star='fit'`` re-estimates ``L*`` every this many steps, from past losses only."""
@@ -254,3 +254,43 @@ _REASONS = {
     "mu_above_beta": "μ > β: the gap's L* is likely wrong (μ ≤ β holds for any PL, β-smooth loss)",
 }
 """What each reason of an absent ``rate/contraction_pred`` means (the once-per-reason warning)."""
+
+
+def step_metrics(
+    records: list[StepRecord],
+    collective: Any,
+    gaps: GapSeries,
+    pl_part: PLPart | None,
+    rate: RatePart | None,
+    predict: Callable[[StepGap], tuple[str | None, float]] | None,
+    journal: Journal,
+) -> dict[int, dict[str, float]]:
+    """Step-level PL and rate quantities of a batch of finished steps (in step order), step → metrics.
+
+    One stack, one collective (the mean loss over ranks) and one device→host copy serve the whole
+    batch; the predictions are made in step order, so a sample's loss check holds from its step on.
+    """
+    with_loss = [r for r in records if r.loss is not None]
+    if len(with_loss) < len(records):
+        journal.warn_once(
+            "no_loss",
+            "training_step returned no loss tensor (None, or a dict without 'loss'); the step-level PL "
+            "and rate quantities need it and are not logged.",
+        )
+    if not with_loss:
+        return {}
+    losses = collective.all_reduce(stack_float64([r.loss for r in with_loss if r.loss is not None]), "mean")
+    squares = [r.grad_norm_sq for r in with_loss if r.grad_norm_sq is not None]
+    values = iter(stack_float64(squares).cpu().tolist() if squares else [])
+    grad_norm_sq = [next(values) if r.grad_norm_sq is not None else math.nan for r in with_loss]
+    steps, history, out = gaps.gaps(with_loss, losses.cpu().tolist(), grad_norm_sq)
+    predictions: dict[int, tuple[str | None, float]] = {}
+    for step in steps:
+        out[step.record.step] = pl_part.metrics(step) if pl_part is not None else {}
+        if predict is not None:
+            predictions[step.record.step] = predict(step)
+    if rate is not None:
+        lookup = (lambda step: predictions[step.record.step]) if predict is not None else None
+        for t, metrics in rate.metrics(history, steps, lookup).items():
+            out[t].update(metrics)
+    return out
