@@ -514,3 +514,22 @@ def test_argument_errors_name_the_argument_and_the_fix() -> None:
     dropout = nn.Sequential(nn.Linear(5, 3), nn.Dropout(0.5)).train()
     with pytest.raises(ValueError, match=r"dropout in train mode \(1 \(Dropout\)\)"):
         linearization_gap(dropout, trainable_params(dropout), x.float())
+
+
+def test_load_forward_mode_pays_the_one_time_setup_in_a_fresh_process() -> None:
+    """After ``load_forward_mode()`` the jvp decompositions are registered (what the first jvp
+    of a process otherwise loads, 0.1-0.2 s, which the NTK budget would charge to a sample)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from lightning_lplr.functional import load_forward_mode\n"
+        "name = 'torch._decomp.decompositions_for_jvp'\n"
+        "before = name in sys.modules\n"
+        "load_forward_mode()\n"
+        "print(before, name in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]

@@ -135,14 +135,13 @@ class Monitor(Callback):
     def state_key(self) -> str:
         """Checkpoint key derived from the configuration, so two monitors can coexist.
 
-        Lightning reads it around every hook call (profiler names), so it is built once per
-        configuration and cached.
+        Lightning reads it around every hook call (profiler names), eight times a step, so it
+        is built on first use and cached: the configuration it names is fixed at ``__init__``.
         """
-        config = repr(self._state_config())
         cached = self.__dict__.get("_state_key_cache")
-        if cached is None or cached[0] != config:
-            cached = self._state_key_cache = (config, self._generate_state_key(**self._state_config()))
-        return cached[1]
+        if cached is None:
+            cached = self._state_key_cache = self._generate_state_key(**self._state_config())
+        return cached
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from lightning_lplr.callbacks._probe_quantities import ProbeQuantities, paramete
 from lightning_lplr.callbacks._reference import Reference
 from lightning_lplr.callbacks._step_parts import GapSeries
 from lightning_lplr.callbacks.probe import Probe, training_probe
+from lightning_lplr.functional.linearization import load_forward_mode
 from lightning_lplr.functional.normalization import probe_statistics, with_norm_mode
 from lightning_lplr.functional.ntk import trainable_params
 from lightning_lplr.functional.objective import output_gradient
@@ -167,6 +168,8 @@ class NTKPart:
             )
         if found is not None:
             self.ref.kernel0, self.ref.lambda_min0, self.ref.lambda_max0, self.ref.outputs0 = found
+        if self.with_kernel:
+            load_forward_mode()  # the linearization gap's first jvp, else charged to a sample
 
     def _failed(self, failed: bool) -> None:
         """Record whether the sample just taken failed (sets the back-off of :meth:`wants`)."""
