@@ -252,7 +252,9 @@ def test_the_label_keys_are_documented() -> None:
 def _readme_early_stopping() -> EarlyStopping:
     """The ``EarlyStopping(...)`` of the README's example, built from its own text."""
     text = _text(README)
-    start = text.index('EarlyStopping(monitor="lplr/')
+    found = re.search(r'EarlyStopping\(\s*monitor="lplr/', text)
+    assert found, 'the README has no EarlyStopping(monitor="lplr/...") example'
+    start = found.start()
     depth = 0
     for end in range(text.index("(", start), len(text)):
         depth += {"(": 1, ")": -1}.get(text[end], 0)
