@@ -251,7 +251,7 @@ def _panel_lazy(ax: Any, runs: Sequence[Run], legend: _Legend) -> None:
 
 
 def _panel_region(ax: Any, runs: Sequence[Run], legend: _Legend) -> None:
-    ax.set_title("Region certificate μ_cert = λ_min(Θ_0) − L̂·‖θ_t − θ_0‖")
+    ax.set_title("Region estimate μ_cert = λ_min(Θ_0) − L̂·‖θ_t − θ_0‖ (L̂ empirical)")
     drawn = shaded = False
     for color, run in zip(_colors(runs), runs, strict=True):
         cert = _finite(run.get("region/mu_cert"))

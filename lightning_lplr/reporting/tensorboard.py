@@ -101,8 +101,8 @@ LAYOUT_CHARTS: dict[str, tuple[str, ...]] = {
     "Fit quality R² of the linear rate": ("rate/r2",),
     "Regime (1 linear, 0 undetermined, −1 sublinear)": ("rate/regime",),
     "Parameter drift ‖θ_t−θ_0‖": ("param/drift",),
-    "Region certificate μ_cert = λ_min(Θ_0) − L̂·r_t": ("region/mu_cert",),
-    "Inside the certified region (1 yes, 0 no)": ("region/inside",),
+    "Region estimate μ_cert = λ_min(Θ_0) − L̂·r_t (L̂ empirical: not a certificate)": ("region/mu_cert",),
+    "Inside the estimated region (1 yes, 0 no)": ("region/inside",),
 }
 """Charts of the "LPLR" category, each a group of contract keys (without prefix) drawn together.
 
