@@ -76,6 +76,7 @@ __all__ = [
     "RunLocation",
     "Series",
     "find_runs",
+    "finite_number",
     "is_contract_key",
     "is_event_file",
     "load_run",
@@ -97,6 +98,22 @@ _SKIP_PREFIX = "skipped/"
 _HEADER = struct.Struct("<QI")
 _FOOTER = struct.Struct("<I")
 _SMALL_RECORD = 64 * 1024
+
+
+def finite_number(value: Any) -> float | None:
+    """A finite float, or ``None`` (JSON ``null``) for NaN, ±inf, ``None``, a bool or a non-number.
+
+    Example:
+        >>> finite_number("0.5"), finite_number(float("nan")), finite_number(True)
+        (0.5, None, None)
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
 
 
 def is_contract_key(key: str) -> bool:

@@ -71,6 +71,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from lightning_lplr.report.reader import finite_number
+
 __all__ = [
     "FLOAT32_EPS",
     "GRAM_NOISE_FACTOR",
@@ -161,16 +163,6 @@ class StabilityThreshold(NamedTuple):
     basis: str
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
-
-
 def stability_threshold(marker: Mapping[str, Any] | None) -> StabilityThreshold:
     """The stability threshold of ``ntk/eta_beta`` for the optimizer a run's schema marker describes.
 
@@ -201,7 +193,7 @@ def stability_threshold(marker: Mapping[str, Any] | None) -> StabilityThreshold:
         return StabilityThreshold(
             None, "the probe is not the whole training set: η·β is the sharpness of another objective"
         )
-    momentum = _number(marker.get("momentum")) or 0.0
+    momentum = finite_number(marker.get("momentum")) or 0.0
     if marker.get("plain_sgd") is True and momentum == 0.0:
         return StabilityThreshold(2.0, "plain gradient descent on the training set")
     if momentum > 0.0:

@@ -45,7 +45,7 @@ from lightning_lplr.report.posthoc import (
     apply_running_min,
     logged_loss_star,
 )
-from lightning_lplr.report.reader import Run, Series
+from lightning_lplr.report.reader import Run, Series, finite_number
 from lightning_lplr.report.schema import SCHEMA_VERSION
 from lightning_lplr.report.verdict import (
     lazy_section,
@@ -71,14 +71,6 @@ __all__ = [
 _LINEAR_CODE = REGIME_CODES["linear"]
 
 
-def _num(value: Any) -> float | None:
-    """A finite float, or ``None`` (JSON ``null``) for NaN/inf/None."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def fit_to_dict(fit: LinearRateFit) -> dict[str, Any]:
     """A :class:`~lightning_lplr.functional.rate.LinearRateFit` as a JSON object (non-finite → ``None``).
 
@@ -87,11 +79,11 @@ def fit_to_dict(fit: LinearRateFit) -> dict[str, Any]:
         0.5
     """
     return {
-        "slope": _num(fit.slope),
-        "intercept": _num(fit.intercept),
-        "contraction": _num(fit.contraction),
-        "half_life": _num(fit.half_life),
-        "r2": _num(fit.r2),
+        "slope": finite_number(fit.slope),
+        "intercept": finite_number(fit.intercept),
+        "contraction": finite_number(fit.contraction),
+        "half_life": finite_number(fit.half_life),
+        "r2": finite_number(fit.r2),
         "num_points": int(fit.num_points),
     }
 
@@ -116,13 +108,13 @@ def series_stats(series: Series) -> dict[str, Any]:
         v, t = finite.values, finite.steps
         i_min, i_max = int(np.argmin(v)), int(np.argmax(v))
         out.update(
-            initial=_num(v[0]),
-            final=_num(v[-1]),
-            min=_num(v[i_min]),
+            initial=finite_number(v[0]),
+            final=finite_number(v[-1]),
+            min=finite_number(v[i_min]),
             min_step=int(t[i_min]),
-            max=_num(v[i_max]),
+            max=finite_number(v[i_max]),
             max_step=int(t[i_max]),
-            mean=_num(np.mean(v)),
+            mean=finite_number(np.mean(v)),
         )
     else:
         out.update(dict.fromkeys(("initial", "final", "min", "min_step", "max", "max_step", "mean")))
@@ -164,7 +156,7 @@ def _mean_between(series: Series | None, start: int, end: int) -> float | None:
     if series is None:
         return None
     window = series.between(start, end).finite()
-    return _num(np.mean(window.values)) if len(window) else None
+    return finite_number(np.mean(window.values)) if len(window) else None
 
 
 def _linear_spans(run: Run) -> dict[str, Any]:
@@ -224,11 +216,11 @@ def _logged_fit(run: Run, start: int, end: int) -> dict[str, Any] | None:
     r2_series = run.get("rate/r2")
     r2 = None if r2_series is None else r2_series.between(start, end).finite()
     return {
-        "slope": _num(b),
+        "slope": finite_number(b),
         "intercept": None,
-        "contraction": _num(math.exp(b)),
-        "half_life": _num(math.log(2) / abs(b)) if b != 0 else None,
-        "r2": None if r2 is None or len(r2) == 0 else _num(float(np.median(r2.values))),
+        "contraction": finite_number(math.exp(b)),
+        "half_life": finite_number(math.log(2) / abs(b)) if b != 0 else None,
+        "r2": None if r2 is None or len(r2) == 0 else finite_number(float(np.median(r2.values))),
         "num_points": len(window),
     }
 

@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from lightning_lplr.functional.rate import predicted_contraction
-from lightning_lplr.report.reader import Run, Series
+from lightning_lplr.report.reader import Run, Series, finite_number
 from lightning_lplr.report.regimes import (
     LEFT,
     LIN_GAP_REL,
@@ -112,16 +112,6 @@ _SOURCES = {
     "monitor": "the monitor",
 }
 _LINEAR = REGIME_CODES["linear"]
-
-
-def _num(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -175,7 +165,7 @@ def describe_marker(marker: Mapping[str, Any] | None, source: str | None = None)
         parts.append(f"L* {marker['loss_star']}")
     if marker.get("optimizer"):
         optimizer = f"optimizer {marker['optimizer']}"
-        momentum = _num(marker.get("momentum"))
+        momentum = finite_number(marker.get("momentum"))
         if marker.get("plain_sgd") is True:
             optimizer += " (plain SGD)"
         elif momentum:
@@ -244,8 +234,8 @@ def _flag(
         "severity": severity,
         "key": key,
         "step": step,
-        "value": _num(value),
-        "threshold": _num(threshold),
+        "value": finite_number(value),
+        "threshold": finite_number(threshold),
         "message": message,
     }
 
@@ -260,9 +250,9 @@ def _regime_of(run: Run, thresholds: RegimeThresholds) -> tuple[dict[str, Any], 
     i_max = int(np.argmax(finite.values))
     peak = float(finite.values[i_max])
     out = {
-        "max": _num(peak),
+        "max": finite_number(peak),
         "max_step": int(finite.steps[i_max]),
-        "final": _num(finite.values[-1]),
+        "final": finite_number(finite.values[-1]),
         "first_step_transitional": _first_at_or_above(finite, thresholds.lazy_below),
         "first_step_left": _first_at_or_above(finite, thresholds.left_from),
         "regime": thresholds.classify(peak),
@@ -325,7 +315,7 @@ def stability_section(
     if finite is None or not len(finite):
         return out, []
     i_max = int(np.argmax(finite.values))
-    out.update(eta_beta_max=_num(finite.values[i_max]), eta_beta_max_step=int(finite.steps[i_max]))
+    out.update(eta_beta_max=finite_number(finite.values[i_max]), eta_beta_max_step=int(finite.steps[i_max]))
     if threshold is None:
         return out, []
     first = _first_at_or_above(finite, threshold)
@@ -505,8 +495,10 @@ def verdict_section(
     logged_value = float(logged_final.values[-1]) if logged_final is not None and len(logged_final) else None
     implied_env = implied_ntk = None
     if eta is not None and eta >= 0:
-        implied_env = _num(predicted_contraction(eta, envelope, beta)) if envelope is not None else None
-        implied_ntk = _num(predicted_contraction(eta, mu_ntk, beta)) if mu_ntk is not None else None
+        implied_env = (
+            finite_number(predicted_contraction(eta, envelope, beta)) if envelope is not None else None
+        )
+        implied_ntk = finite_number(predicted_contraction(eta, mu_ntk, beta)) if mu_ntk is not None else None
     if eta is None:
         note = f"The contraction 1 − 2ημ(1 − ηβ/2) implied by μ cannot be quoted: {eta_note}."
     else:
@@ -532,13 +524,13 @@ def verdict_section(
         "statement": statement,
         "mu_envelope_min": envelope,
         "mu_ntk_min": mu_ntk,
-        "eta": _num(eta),
-        "beta": _num(beta),
+        "eta": finite_number(eta),
+        "beta": finite_number(beta),
         "contraction_implied_envelope": implied_env,
         "contraction_implied_mu_ntk": implied_ntk,
-        "contraction_measured": _num(measured),
+        "contraction_measured": finite_number(measured),
         "contraction_measured_start_step": start,
         "contraction_measured_end_step": end,
-        "contraction_logged_final": _num(logged_value),
+        "contraction_logged_final": finite_number(logged_value),
         "contraction_note": note,
     }
