@@ -6,9 +6,9 @@ the time spent in NTK samples within ``overhead`` times the *monitor-free* train
 wall time of the fit minus everything the monitor itself did), the first sample included, and
 spreads the samples it can afford over the run.
 
-**What it measures.** Its own clock (injectable) between :meth:`NTKBudget.start` and
-:meth:`NTKBudget.finish`, minus the time the caller spends inside :meth:`NTKBudget.paused`
-(the monitor's hooks): that is the training time ``τ``. The time inside
+**What it measures.** Its :class:`~._training_clock.TrainingClock` (clock injectable) between
+:meth:`NTKBudget.start` and :meth:`NTKBudget.finish`, minus the time the caller spends inside
+:meth:`NTKBudget.paused` (the monitor's hooks): that is the training time ``τ``. The time inside
 :meth:`NTKBudget.sampling` (nested in a pause or not) is NTK time, ``S``. :meth:`NTKBudget.decide`
 is called at the start of every optimizer step, so ``τ`` is observed at every step boundary and
 the monitor-free time per step ``ŝ`` is the mean over this fit's steps, the first one (warm-up)
@@ -69,8 +69,10 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
+from lightning_lplr.callbacks._budget_advice import advice_message
+from lightning_lplr.callbacks._training_clock import TrainingClock
 from lightning_lplr.functional._checks import check_callable, check_float, check_int
 
 __all__ = ["Broadcast", "Decision", "NTKBudget"]
@@ -148,7 +150,8 @@ class NTKBudget:
         )
         self.schedule = check_callable("schedule", schedule, allow_none=False, signature="step -> bool")
         self.prior_steps = check_float("prior_steps", prior_steps, minimum=0.0)
-        self._clock = clock
+        self.clock = TrainingClock(clock)
+        """The monitor-free training time and step time this budget plans against."""
         self._broadcast: Broadcast | None = None
         self._advise: Callable[[str], None] | None = None
         self.reset()
@@ -156,13 +159,12 @@ class NTKBudget:
     # ------------------------------------------------------------------ run state
     def reset(self) -> None:
         """Forget the run (a new fit without a checkpoint)."""
-        self._trained_before = 0.0  # training seconds of earlier fits (or the checkpoint's)
+        self.clock.reset()
         self._spent = 0.0
         self._samples = 0
         self._last_cost: float | None = None
         self._last_sample_trained = 0.0
         self._last_sample_step = -1
-        self._carried_step_s: float | None = None
         self._next_check = 0
         self._expected: float | None = None
         self.advice: str | None = None
@@ -171,15 +173,9 @@ class NTKBudget:
 
     def _start_fit(self, total_steps: float | None) -> None:
         self._total = total_steps
-        self._origin: float | None = None
-        self._excluded = 0.0
         self._once_inside = 0.0  # time in one-time parts of samples (see sampling(once=True))
-        self._depth = 0
-        self._pause_start = 0.0
         self._last_decided: int | None = None
-        self._first: tuple[int, float] | None = None  # (step, τ) at this fit's first step
-        self._second: tuple[int, float] | None = None  # ... at its second step
-        self._last: tuple[int, float] | None = None  # ... at the latest step
+        self.clock.start_fit()
 
     def start(
         self,
@@ -210,22 +206,20 @@ class NTKBudget:
         # Decide afresh at the fit's first candidate step (every rank starts from the same step and
         # state, so they agree), whatever an earlier fit or the checkpoint planned.
         self._next_check = step
-        self._origin = self._clock()
+        self.clock.begin()
 
     def finish(self) -> None:
         """Stop the clock of the fit (``on_train_end``); advise if the run could not afford a sample."""
-        if self._origin is None:
+        if not self.clock.running:
             return
-        trained = self.trained_seconds
-        if self.overhead is not None and self.advice is None:
-            step_s = self.step_seconds
-            if self._samples == 0 and step_s is not None:
+        trained = self.clock.seconds
+        step_s = self.clock.step_seconds
+        if self.overhead is not None and self.advice is None and step_s is not None:
+            if self._samples == 0:
                 self._give_advice(self._expected_cost(step_s), trained, step_s, end=True)
-            elif self._samples == 1 and self._spent > self.overhead * trained and step_s is not None:
+            elif self._samples == 1 and self._spent > self.overhead * trained:
                 self._give_advice(self._spent, trained, step_s, end=True)
-        self._trained_before = trained
-        self._carried_step_s = self.step_seconds
-        self._origin = None
+        self.clock.end()
 
     def expect(self, seconds: float) -> None:
         """The expected cost of the next sample, until one is measured (a caller's prediction).
@@ -236,18 +230,9 @@ class NTKBudget:
         self._expected = check_float("seconds", seconds, minimum=0.0)
 
     # ------------------------------------------------------------------ clocks
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
+    def paused(self) -> contextlib.AbstractContextManager[None]:
         """The monitor's own work: not training time (nested pauses count once)."""
-        if self._depth == 0:
-            self._pause_start = self._clock()
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0:
-                self._excluded += self._clock() - self._pause_start
+        return self.clock.paused()
 
     @contextlib.contextmanager
     def sampling(self, *, once: bool = False) -> Iterator[None]:
@@ -258,13 +243,13 @@ class NTKBudget:
                 sample: charged to the budget, but neither counted as a sample nor taken as the
                 expected cost of the next one (it may be nested in the sample's own ``sampling()``).
         """
-        with self.paused():
-            started = self._clock()
+        with self.clock.paused():
+            started = self.clock.now()
             once_before = self._once_inside
             try:
                 yield
             finally:
-                elapsed = self._clock() - started
+                elapsed = self.clock.now() - started
                 if once:
                     self._spent += elapsed
                     self._once_inside += elapsed
@@ -274,10 +259,7 @@ class NTKBudget:
     @property
     def trained_seconds(self) -> float:
         """Monitor-free training time so far, earlier fits included (seconds)."""
-        if self._origin is None:
-            return self._trained_before
-        now = self._pause_start if self._depth > 0 else self._clock()
-        return self._trained_before + (now - self._origin - self._excluded)
+        return self.clock.seconds
 
     @property
     def spent_seconds(self) -> float:
@@ -291,17 +273,8 @@ class NTKBudget:
 
     @property
     def step_seconds(self) -> float | None:
-        """Monitor-free seconds per step (``None`` while nothing is known).
-
-        This fit's mean, its first step left out once there is a second (the first carries
-        warm-up costs); before any step of this fit, the previous fit's (or the checkpoint's).
-        """
-        first, second, last = self._first, self._second, self._last
-        if second is not None and last is not None and last[0] > second[0]:
-            return (last[1] - second[1]) / (last[0] - second[0])
-        if second is not None and first is not None:
-            return (second[1] - first[1]) / (second[0] - first[0])
-        return self._carried_step_s
+        """Monitor-free seconds per step (``None`` while nothing is known); see :class:`TrainingClock`."""
+        return self.clock.step_seconds
 
     # ------------------------------------------------------------------ the decision
     def decide(self, step: int) -> bool:
@@ -313,7 +286,10 @@ class NTKBudget:
         if step == self._last_decided:
             return False
         self._last_decided = step
-        self._observe(step)
+        if not self.clock.running:  # decide() without start(): start the clock here
+            self._start_fit(self._total)
+            self.clock.begin()
+        self.clock.observe(step)
         if not self.schedule(step):
             return False
         if self.overhead is None:
@@ -324,17 +300,6 @@ class NTKBudget:
         take, next_check = self._broadcast(proposal) if self._broadcast is not None else proposal
         self._next_check = int(next_check)
         return bool(take)
-
-    def _observe(self, step: int) -> None:
-        if self._origin is None:  # decide() without start(): start the clock here
-            self._start_fit(self._total)
-            self._origin = self._clock()
-        point = (step, self.trained_seconds)
-        if self._first is None:
-            self._first = point
-        elif self._second is None and step > self._first[0]:
-            self._second = point
-        self._last = point
 
     def _expected_cost(self, step_s: float) -> float:
         if self._last_cost is not None:
@@ -350,11 +315,11 @@ class NTKBudget:
 
     def _propose(self, step: int) -> Decision:
         """Rank-local decision at a candidate ``step`` (the module docstring's rule)."""
-        assert self.overhead is not None and self._last is not None
-        step_s = self.step_seconds
+        assert self.overhead is not None and self.clock.last is not None
+        step_s = self.clock.step_seconds
         if step_s is None or step_s <= 0.0:
             return False, step + 1  # no step time measured yet (the first step of a fit)
-        trained = self._last[1]
+        trained = self.clock.last[1]
         whole = self._projected(step, trained, step_s)
         cost = self._expected_cost(step_s)
         spare = self.overhead * whole - self._spent
@@ -381,51 +346,27 @@ class NTKBudget:
         self._spent += cost
         self._samples += 1
         self._last_cost = cost
-        self._last_sample_trained = self.trained_seconds
-        if self._last is not None:
-            self._last_sample_step = self._last[0]
-        step_s = self.step_seconds
-        if (
-            self._samples == 1
-            and self.overhead is not None
-            and self.advice is None
-            and self._total is not None
-            and self._last is not None
-            and step_s is not None
-        ):
-            whole = self._projected(self._last[0], self._last_sample_trained, step_s)
+        self._last_sample_trained = self.clock.seconds
+        last = self.clock.last
+        if last is not None:
+            self._last_sample_step = last[0]
+        step_s = self.clock.step_seconds
+        first_of_planned_run = self._samples == 1 and self._total is not None and last is not None
+        if first_of_planned_run and self.overhead is not None and self.advice is None and step_s is not None:
+            assert last is not None
+            whole = self._projected(last[0], self._last_sample_trained, step_s)
             if cost > self.overhead * whole:
                 self._give_advice(cost, whole, step_s, end=False)
 
-    # ------------------------------------------------------------------ advice
     def _give_advice(self, cost: float, whole: float, step_s: float, *, end: bool) -> None:
         """Say once that the run cannot afford a sample, and what would afford one."""
         assert self.overhead is not None
-        measured = self._last_cost is not None
-        rho = self.overhead
-        steps_needed = math.ceil(cost / (rho * step_s)) if step_s > 0 else 0
-        overhead_needed = cost / whole if whole > 0 else math.inf
-        steps = f"{cost / step_s:.3g} training steps of {step_s:.3g} s" if step_s > 0 else "no step time"
-        if measured:
-            what = f"the first NTK sample took {cost:.3g} s ({steps})"
-        elif self._expected is not None:
-            what = f"an NTK sample is expected to cost about {cost:.3g} s ({steps}; as predicted)"
+        if self._last_cost is not None:
+            source: Literal["measured", "predicted", "guessed"] = "measured"
         else:
-            what = (
-                f"an NTK sample is expected to cost about {cost:.3g} s ({steps}; a guess: none has been "
-                "measured yet)"
-            )
-        if end:
-            scope = f"this fit's training time ({whole:.3g} s)"
-        else:
-            length = f"{self._total:.0f} planned steps" if self._total is not None else "the steps so far"
-            scope = f"the run's projected training time ({whole:.3g} s over {length})"
-        outcome = "no further sample fits" if measured else "no NTK sample is taken"
-        self.advice = (
-            f"NTK samples are budgeted at overhead={rho:g} of the training time, and {what}, more than "
-            f"overhead × {scope} = {rho * whole:.3g} s: {outcome}. For NTK samples within the budget, "
-            f"raise overhead= to {overhead_needed:.2g} or more, or train for at least {steps_needed} steps "
-            "(overhead=None samples at every step of ntk_every, without a budget)."
+            source = "predicted" if self._expected is not None else "guessed"
+        self.advice = advice_message(
+            self.overhead, cost, whole, step_s, source=source, end=end, total_steps=self._total
         )
         if self._advise is not None:
             self._advise(self.advice)
@@ -435,20 +376,20 @@ class NTKBudget:
         """The run's budget so far, plain Python (a resumed run keeps it)."""
         return {
             "version": 1,
-            "trained_s": self.trained_seconds,
+            "trained_s": self.clock.seconds,
             "spent_s": self._spent,
             "samples": self._samples,
             "last_cost_s": self._last_cost,
             "last_sample_trained_s": self._last_sample_trained,
             "last_sample_step": self._last_sample_step,
-            "step_s": self.step_seconds,
+            "step_s": self.clock.step_seconds,
             "advice": self.advice,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`'s budget (before :meth:`start` of the resumed fit)."""
         self.reset()
-        self._trained_before = float(state.get("trained_s", 0.0))
+        self.clock.before = float(state.get("trained_s", 0.0))
         self._spent = float(state.get("spent_s", 0.0))
         self._samples = int(state.get("samples", 0))
         last_cost = state.get("last_cost_s")
@@ -456,7 +397,7 @@ class NTKBudget:
         self._last_sample_trained = float(state.get("last_sample_trained_s", 0.0))
         self._last_sample_step = int(state.get("last_sample_step", -1))
         step_s = state.get("step_s")
-        self._carried_step_s = None if step_s is None else float(step_s)
+        self.clock.carried_step_s = None if step_s is None else float(step_s)
         self.advice = state.get("advice")
 
     def __getstate__(self) -> dict[str, Any]:
