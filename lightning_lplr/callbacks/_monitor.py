@@ -43,7 +43,7 @@ from lightning_lplr.callbacks._step_parts import GapSeries, PLPart, RatePart, st
 from lightning_lplr.report import render_markdown, render_text, report_from_history
 from lightning_lplr.reporting import tensorboard as tb
 from lightning_lplr.reporting.fanout import update_callback_metrics, write_marker
-from lightning_lplr.reporting.keys import ALL_KEYS, HISTOGRAM_KEYS, KIND_PREFIXES, SKIP_KEYS
+from lightning_lplr.reporting.keys import ALL_KEYS, KIND_PREFIXES, SKIP_KEYS
 
 __all__ = ["Monitor"]
 
@@ -248,7 +248,7 @@ class Monitor(Callback):
                 lr = _current_lr(trainer)
                 record.probe.update(ntk.sample(pl_module, t, self._collective, lr, self._loss_pred_reason))
                 if self.log_histograms and ntk.eigenvalues is not None and trainer.is_global_zero:
-                    tag = self.prefix + HISTOGRAM_KEYS[list(KIND_PREFIXES).index(ntk.kind)]
+                    tag = self.prefix + KIND_PREFIXES[ntk.kind] + "eigenvalues"
                     tb.add_eigenvalue_histogram(trainer.loggers, tag, ntk.eigenvalues, t)
 
     def _paused(self) -> contextlib.AbstractContextManager[None]:

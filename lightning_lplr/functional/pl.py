@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_lplr.functional._arrays import as_float, as_float_array
+from lightning_lplr.functional._arrays import as_float, as_float_array, sorted_quantile
 from lightning_lplr.functional._checks import is_int, is_real
 from lightning_lplr.functional._lines import fit_line, fit_lines
 from lightning_lplr.functional._tensors import as_float64_tensor, square_kernel
@@ -377,30 +377,6 @@ def envelope_quantile(ratios: ArrayLike, q: float = 0.05) -> float:
     return float(np.quantile(values, q)) if values.shape[0] else math.nan
 
 
-def _sorted_quantile(values: list[float], q: float) -> float:
-    """``np.quantile(values, q)`` (method ``"linear"``) of an already sorted list, in O(1).
-
-    Mirrors numpy bit for bit: virtual index ``(n − 1)·q``, its floor and fraction
-    ``γ``, and numpy's ``_lerp``: ``a + γ(b − a)``, or ``b − (1 − γ)(b − a)`` for ``γ ≥ 0.5``.
-    ``nan`` for an empty list.
-
-    Example:
-        >>> _sorted_quantile([1.0, 2.0, 4.0], 0.75)
-        3.0
-    """
-    n = len(values)
-    if n == 0:
-        return math.nan
-    index = (n - 1) * q
-    if index >= n - 1:
-        return values[-1]
-    below = math.floor(index)
-    gamma = index - below
-    a, b = values[below], values[below + 1]
-    diff = b - a
-    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
-
-
 class LowerEnvelope:
     """Windowed lower envelope of a stream of PL ratios.
 
@@ -473,7 +449,7 @@ class LowerEnvelope:
         method): index ``quantile·(n − 1)`` into the sorted values, interpolated with
         numpy's formula.
         """
-        return _sorted_quantile(self._sorted, self.quantile)
+        return sorted_quantile(self._sorted, self.quantile)
 
     @property
     def count(self) -> int:

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_lplr.functional._arrays import sorted_quantile
 from lightning_lplr.functional.rate import classify_regime_rows, fit_linear_rate_rows
 from lightning_lplr.report.reader import Run, Series
 from lightning_lplr.reporting.keys import REGIME_CODES
@@ -131,13 +132,7 @@ def running_quantile(values: np.ndarray, q: float) -> np.ndarray:
     out = np.empty(len(values), dtype=np.float64)
     for i, value in enumerate(np.asarray(values, dtype=np.float64).tolist()):
         bisect.insort(ordered, value)
-        position = q * (len(ordered) - 1)
-        lo = math.floor(position)
-        hi = min(lo + 1, len(ordered) - 1)
-        t = position - lo
-        a, b = ordered[lo], ordered[hi]
-        # numpy's _lerp: exact at both ends of the interval.
-        out[i] = b - (b - a) * (1.0 - t) if t >= 0.5 else a + (b - a) * t
+        out[i] = sorted_quantile(ordered, q)
     return out
 
 

@@ -53,7 +53,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import struct
@@ -65,8 +64,8 @@ from typing import Any, BinaryIO, NamedTuple
 import numpy as np
 
 from lightning_lplr.report.errors import EXIT_BAD_INPUT, EXIT_NO_DATA, EXIT_NOT_FOUND, ReportError
-from lightning_lplr.reporting.keys import ALL_KEYS, DEFAULT_PREFIX, SKIP_KEYS
-from lightning_lplr.reporting.marker import marker_tag, parse_marker, unflatten_marker
+from lightning_lplr.reporting.keys import ALL_KEYS, DEFAULT_PREFIX, PAIRS_DIR_NAME, SKIP_KEYS
+from lightning_lplr.reporting.marker import encode_marker, marker_tag, parse_marker, unflatten_marker
 
 __all__ = [
     "CSV_FILE_NAME",
@@ -76,7 +75,6 @@ __all__ = [
     "RunLocation",
     "Series",
     "find_runs",
-    "finite_number",
     "is_contract_key",
     "is_event_file",
     "load_run",
@@ -90,30 +88,12 @@ CSV_FILE_NAME = "metrics.csv"
 """The file name Lightning's ``CSVLogger`` writes in each version directory."""
 HPARAMS_FILE_NAME = "hparams.yaml"
 """The file name Lightning's loggers write their hyper-parameters (and so the schema marker) to."""
-PAIRS_DIR_NAME = "lplr_pairs"
-"""Directories of this name hold the monitor's paired TensorBoard series: never runs."""
 
 _EVENT_MARK = "tfevents"
 _SKIP_PREFIX = "skipped/"
 _HEADER = struct.Struct("<QI")
 _FOOTER = struct.Struct("<I")
 _SMALL_RECORD = 64 * 1024
-
-
-def finite_number(value: Any) -> float | None:
-    """A finite float, or ``None`` (JSON ``null``) for NaN, ±inf, ``None``, a bool or a non-number.
-
-    Example:
-        >>> finite_number("0.5"), finite_number(float("nan")), finite_number(True)
-        (0.5, None, None)
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
 
 
 def is_contract_key(key: str) -> bool:
@@ -693,7 +673,7 @@ def load_run(location: RunLocation, prefix: str = DEFAULT_PREFIX, *, allow_trunc
             markers.append((marker, HPARAMS_FILE_NAME))
         if note:
             notes.append(note)
-    distinct = {json.dumps(m, sort_keys=True, default=str) for m, _ in markers}
+    distinct = {encode_marker(m) for m, _ in markers}
     if len(distinct) > 1:
         notes.append(
             f"The run holds {len(distinct)} different schema markers (resumed with another configuration?); "

@@ -71,7 +71,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from lightning_lplr.report.reader import finite_number
+from lightning_lplr.report.numbers import finite_number
 
 __all__ = [
     "FLOAT32_EPS",

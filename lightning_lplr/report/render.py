@@ -18,6 +18,7 @@ from typing import Any
 
 from lightning_lplr.report.regimes import REGIME_THRESHOLDS
 from lightning_lplr.report.summary import missing_notes
+from lightning_lplr.reporting.keys import KIND_PREFIXES
 
 __all__ = ["fmt", "fmt_rho", "render_markdown", "render_text"]
 
@@ -210,9 +211,7 @@ def _flag_lines(run: dict[str, Any]) -> list[str]:
 
 def _ntk_line(run: dict[str, Any]) -> str | None:
     ntk = run["ntk"]
-    head = {"trace": "ntk_trace/", "pseudo": "ntk_pseudo/", "loss_gram": "ntk_loss_gram/"}.get(
-        ntk.get("kind") or "full", "ntk/"
-    )
+    head = KIND_PREFIXES[ntk.get("kind") or "full"]
     parts = []
     if ntk["lambda_min_min"] is not None:
         parts.append(
@@ -293,6 +292,7 @@ def render_text(document: dict[str, Any]) -> str:
         notes: dict[str, list[str]] = {}
         for section, sentence in missing_notes(run):
             notes.setdefault(section, []).append(sentence)
+        known = {sentence for sentences in notes.values() for sentence in sentences}
         lines = [_header(run)]
         lines.extend(f"  {line}" for line in _reading_lines(run))
         sections = (
@@ -308,18 +308,13 @@ def render_text(document: dict[str, Any]) -> str:
             # What cannot be said about the rate comes first; elsewhere what is known leads.
             lines.extend(missing + found if section == "rate" else found + missing)
         lines.extend(f"  {line}" for line in _flag_lines(run))
-        lines.extend(f"  {note}" for note in _reader_notes(run))
+        # The reader's and L*'s notes: those missing_notes does not produce.
+        lines.extend(f"  {note}" for note in run["notes"] if note not in known)
         skipped = _skipped_line(run)
         if skipped:
             lines.append(f"  {skipped}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
-
-
-def _reader_notes(run: dict[str, Any]) -> list[str]:
-    """The notes that :func:`.summary.missing_notes` does not produce (reader and L* notes)."""
-    known = {sentence for _, sentence in missing_notes(run)}
-    return [note for note in run["notes"] if note not in known]
 
 
 def _cell(text: str) -> str:

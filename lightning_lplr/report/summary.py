@@ -38,6 +38,7 @@ import numpy as np
 
 from lightning_lplr.functional.rate import LinearRateFit, classify_regime, fit_linear_rate
 from lightning_lplr.report._version import tool_version
+from lightning_lplr.report.numbers import finite_number
 from lightning_lplr.report.posthoc import (
     DEFAULT_MARGIN,
     DEFAULT_RATE_WINDOW,
@@ -45,7 +46,7 @@ from lightning_lplr.report.posthoc import (
     apply_running_min,
     logged_loss_star,
 )
-from lightning_lplr.report.reader import Run, Series, finite_number
+from lightning_lplr.report.reader import Run, Series
 from lightning_lplr.report.schema import SCHEMA_VERSION
 from lightning_lplr.report.verdict import (
     lazy_section,
@@ -361,7 +362,7 @@ def _ntk_section(run: Run, stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
         (k for k, head in KIND_PREFIXES.items() if head + "lambda_min" in run.series),
         None,
     )
-    head = KIND_PREFIXES.get(kind or "full", "ntk/")
+    head = KIND_PREFIXES[kind or "full"]
     return {
         "kind": kind,
         "lambda_min_initial": _stat(stats, head + "lambda_min", "initial"),

@@ -63,7 +63,8 @@ from typing import Any
 import numpy as np
 
 from lightning_lplr.functional.rate import predicted_contraction
-from lightning_lplr.report.reader import Run, Series, finite_number
+from lightning_lplr.report.numbers import finite_number
+from lightning_lplr.report.reader import Run, Series
 from lightning_lplr.report.regimes import (
     LEFT,
     LIN_GAP_REL,

@@ -39,6 +39,7 @@ __all__ = [
     "LIN_KEYS",
     "LIN_REASONS",
     "NTK_KEYS",
+    "PAIRS_DIR_NAME",
     "PARAM_KEYS",
     "PL_KEYS",
     "RATE_KEYS",
@@ -51,6 +52,9 @@ __all__ = [
 ]
 
 DEFAULT_PREFIX = "lplr/"
+PAIRS_DIR_NAME = "lplr_pairs"
+"""The directory below a TensorBoard run's ``log_dir`` holding one sub-run per paired series
+(written by the monitors, skipped by the report: never a run of its own)."""
 KEY_SEMANTICS_VERSION = 2
 
 SPECTRUM_KEYS: tuple[str, ...] = (

@@ -40,7 +40,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from lightning_lplr.report.regimes import LIN_GAP_REL
-from lightning_lplr.reporting.keys import KIND_PREFIXES
+from lightning_lplr.reporting.keys import KIND_PREFIXES, PAIRS_DIR_NAME
 
 __all__ = [
     "KIND_LAYOUT_CHARTS",
@@ -59,9 +59,6 @@ __all__ = [
     "tag_regex",
     "write_layout",
 ]
-
-PAIRS_DIR_NAME = "lplr_pairs"
-"""The directory below a run's ``log_dir`` that holds one sub-run per paired series."""
 
 
 def _kind_groups() -> dict[str, tuple[str, ...]]:
@@ -111,9 +108,8 @@ series); any other chart shows the keys themselves.
 """
 
 KIND_LAYOUT_CHARTS: dict[str, tuple[str, ...]] = {
-    f"{label}: {what}": PAIR_GROUPS[f"{head}{group}"]
+    f"{label}: {what}": PAIR_GROUPS[f"{KIND_PREFIXES[kind]}{group}"]
     for kind, label in (("pseudo", "pNTK"), ("trace", "Trace NTK"), ("loss_gram", "Loss-Gram NTK"))
-    for head in (KIND_PREFIXES[kind],)
     for group, what in (("spectrum", "λ_min, λ_max"), ("drift", "drift, operator and Frobenius"))
 }
 """Charts of the "LPLR kernel kinds" category: the other kernel kinds' spectra and drifts."""
