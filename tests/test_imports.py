@@ -310,3 +310,22 @@ def test_report_modules_do_not_import_torch_at_module_level() -> None:
         for node in module_level_imports(tree):
             for name in imported_names(node, module):
                 assert name.split(".")[0] not in HEAVY, f"{module} imports {name} at module level"
+
+
+def test_functional_exports_every_public_name_of_its_public_modules() -> None:
+    """The package docstring's promise: each public module's ``__all__`` is exported lazily."""
+    import importlib
+
+    import lightning_lplr.functional as functional
+
+    modules = "ntk spectrum pl rate region objective curvature linearization normalization memory"
+    missing = [
+        f"{module}.{name}"
+        for module in modules.split()
+        for name in importlib.import_module(f"lightning_lplr.functional.{module}").__all__
+        if name not in functional.__all__
+    ]
+    assert not missing, f"add these to lightning_lplr/functional/__init__.py: {missing}"
+    assert sorted(functional.__all__) == sorted(functional._LAZY)
+    for name in functional.__all__:
+        assert getattr(functional, name) is not None

@@ -201,7 +201,9 @@ class ProbeQuantities:
                 self._warn_loss_pred("the loss has no constant output Hessian (not a squared loss)")
                 return {}
             try:
-                self._loss_model = kernel_loss_model(ref_kernel, ref_outputs.detach(), targets, loss_fn)
+                self._loss_model = kernel_loss_model(  # the Hessian was checked just above
+                    ref_kernel, ref_outputs.detach(), targets, loss_fn, check_constant=False
+                )
             except ValueError as err:
                 self._warn_loss_pred(str(err))
                 return {}

@@ -18,6 +18,7 @@ _LAZY: dict[str, str] = {
     "DEFAULT_NOISE_FACTOR": "linearization",
     "DENSE_MAX_SIZE": "curvature",
     "ExponentialFit": "pl",
+    "FIT_MIN_POINTS": "pl",
     "ForwardModeError": "linearization",
     "GaussNewtonSharpness": "curvature",
     "Inputs": "ntk",
@@ -52,6 +53,7 @@ _LAZY: dict[str, str] = {
     "envelope_min": "pl",
     "envelope_quantile": "pl",
     "estimate_loss_star": "pl",
+    "fit_loss_star": "pl",
     "estimate_ntk_memory": "memory",
     "fit_exponential_offset": "pl",
     "fit_linear_rate": "rate",
@@ -97,6 +99,7 @@ __all__: list[str] = [
     "DEFAULT_BUDGET_FRACTION",
     "DEFAULT_NOISE_FACTOR",
     "DENSE_MAX_SIZE",
+    "FIT_MIN_POINTS",
     "ArrayLike",
     "ExponentialFit",
     "ForwardModeError",
@@ -137,6 +140,7 @@ __all__: list[str] = [
     "fit_exponential_offset",
     "fit_linear_rate",
     "fit_linear_rate_rows",
+    "fit_loss_star",
     "fit_sublinear_rate",
     "format_bytes",
     "forward_mode_safe",
@@ -192,6 +196,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         LinearizationGap,
         forward_mode_safe,
         linearization_gap,
+        load_forward_mode,
     )
     from lightning_lplr.functional.memory import (
         DEFAULT_BUDGET_FRACTION,
@@ -226,6 +231,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         parameter_gradient_norm_sq,
     )
     from lightning_lplr.functional.pl import (
+        FIT_MIN_POINTS,
         ExponentialFit,
         LowerEnvelope,
         NTKPLBounds,
@@ -233,6 +239,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         envelope_quantile,
         estimate_loss_star,
         fit_exponential_offset,
+        fit_loss_star,
         ntk_gradient_norm_sq,
         ntk_pl_bounds,
         pl_ratio,

@@ -35,7 +35,6 @@ __all__ = [
     "Target",
     "as_inputs",
     "call_module",
-    "concat_samples",
     "full_precision",
     "global_forward_hook",
     "index_samples",
@@ -196,22 +195,6 @@ def split_samples(x: Inputs, size: int) -> list[Inputs]:
     """
     m = sample_count(x)
     return [index_samples(x, slice(s, s + size)) for s in range(0, m, size)]
-
-
-def concat_samples(batches: list[Inputs]) -> Inputs:
-    """Batches of one structure concatenated along the sample dimension.
-
-    Args:
-        batches: batches with the same structure.
-
-    Returns:
-        One batch.
-
-    Example:
-        >>> sample_count(concat_samples([{"a": torch.zeros(2)}, {"a": torch.zeros(3)}]))
-        5
-    """
-    return pytree.tree_map(lambda *ts: torch.cat(ts), *batches)
 
 
 def move_inputs(x: Inputs, device: torch.device | str) -> Inputs:

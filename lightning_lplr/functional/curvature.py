@@ -215,13 +215,10 @@ def output_hessian(outputs: Tensor, targets: Any, loss_fn: LossFn) -> Tensor:
                 [0., 1.]], dtype=torch.float64)
     """
     flat, shape = _flat_outputs(outputs, "outputs")
-    n = flat.numel()
-    nan = torch.full((n, n), math.nan, dtype=torch.float64, device=flat.device)
-    if not bool(torch.isfinite(flat).all()):
-        return nan
-    lin = _linearise(flat, shape, targets, loss_fn)
-    if not math.isfinite(lin.value):
-        return nan
+    lin = _linearise(flat, shape, targets, loss_fn) if bool(torch.isfinite(flat).all()) else None
+    if lin is None or not math.isfinite(lin.value):
+        n = flat.numel()
+        return torch.full((n, n), math.nan, dtype=torch.float64, device=flat.device)
     return _dense_hessian(lin, flat.device)
 
 
@@ -359,11 +356,9 @@ def _check_kernel_eigh(kernel_eigh: Any, n: int, device: torch.device) -> tuple[
     return s, u
 
 
-def _dense_sharpness(k: Tensor, lin: _OutputLoss, kernel_eigh: Any) -> float:
-    if kernel_eigh is None:
-        s, u = torch.linalg.eigh(k)
-    else:
-        s, u = _check_kernel_eigh(kernel_eigh, k.shape[0], k.device)
+def _dense_sharpness(k: Tensor, lin: _OutputLoss, kernel_eigh: tuple[Tensor, Tensor] | None) -> float:
+    """``kernel_eigh``: the kernel's checked ``(eigenvalues, eigenvectors)``, or ``None`` to compute them."""
+    s, u = torch.linalg.eigh(k) if kernel_eigh is None else kernel_eigh
     if not (bool(torch.isfinite(s).all()) and bool(torch.isfinite(u).all())):
         return math.nan
     g = u * s.clamp_min(0.0).sqrt()  # K^{1/2} = G Uᵀ with G = U diag(√s); GᵀHG is similar to K^{1/2}HK^{1/2}
@@ -527,10 +522,9 @@ def gauss_newton_sharpness(
             "outputs."
         )
     chosen = ("dense" if n <= DENSE_MAX_SIZE else "lanczos") if method == "auto" else method
-    if kernel_eigh is not None:
-        _check_kernel_eigh(kernel_eigh, n, k.device)
-    nan = GaussNewtonSharpness(math.nan, chosen, 0, False, math.nan)
     k = k.to(flat.device)
+    checked_eigh = None if kernel_eigh is None else _check_kernel_eigh(kernel_eigh, n, k.device)
+    nan = GaussNewtonSharpness(math.nan, chosen, 0, False, math.nan)
     if not (bool(torch.isfinite(k).all()) and bool(torch.isfinite(flat).all())):
         return nan
     k = (k + k.T) / 2
@@ -538,7 +532,7 @@ def gauss_newton_sharpness(
     if not math.isfinite(lin.value):
         return nan
     if chosen == "dense":
-        value = _dense_sharpness(k, lin, kernel_eigh)
+        value = _dense_sharpness(k, lin, checked_eigh)
         if math.isnan(value):
             return nan
         return GaussNewtonSharpness(value, "dense", 0, True, 0.0)

@@ -387,12 +387,17 @@ class _NTKVectorProducts:
             return vmap(column)(basis)  # (O, b2, O)
 
         k = self.problem.map_samples(row, d1)  # (b1, O, b2, O): k[i, a, j, b] = <J_a(x1_i), J_b(x2_j)>
-        if self.kind is NTKKind.FULL:
-            return k
-        if self.kind in _SCALAR_KINDS:
-            return k[:, 0, :, 0]
-        diag = torch.diagonal(k, dim1=1, dim2=3)  # (b1, b2, O)
-        return diag.mean(dim=2) if self.kind is NTKKind.TRACE else diag
+        return _of_kind(k, self.kind)
+
+
+def _of_kind(k: Tensor, kind: NTKKind) -> Tensor:
+    """The ``kind`` kernel of the full blocks ``k[i, a, j, b] = <J_a(x1_i), J_b(x2_j)>`` (full: ``k``)."""
+    if kind is NTKKind.FULL:
+        return k
+    if kind in _SCALAR_KINDS:
+        return k[:, 0, :, 0]
+    diag = torch.diagonal(k, dim1=1, dim2=3)  # (b1, b2, O)
+    return diag.mean(dim=2) if kind is NTKKind.TRACE else diag
 
 
 _BACKENDS: dict[NTKImplementation, Callable[..., _Backend]] = {
@@ -795,8 +800,8 @@ def _plan_batch(
         implementation = jac if fits else NTKImplementation.NTK_VECTOR_PRODUCTS
     if chunk_size is not None or budget is None:
         return implementation, chunk_size
-    available = int(_BUDGET_MARGIN * budget)
-    if need(1, implementation) > available:
+    chunk = _largest_chunk(lambda c, _: need(c, implementation), m, m, int(_BUDGET_MARGIN * budget))
+    if chunk is None:
         other = (
             ""
             if implementation is NTKImplementation.NTK_VECTOR_PRODUCTS
@@ -808,14 +813,7 @@ def _plan_batch(
             f"{need(1, implementation)} bytes. Raise max_memory_bytes, use a smaller probe, {other}or "
             "norm_mode='probe'."
         )
-    lo, hi = 1, m
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if need(mid, implementation) <= available:
-            lo = mid
-        else:
-            hi = mid - 1
-    return implementation, None if lo >= m else lo
+    return implementation, None if chunk >= m else chunk
 
 
 def _batch_kernel(prep: _Prepared, implementation: NTKImplementation, chunk: int | None) -> Tensor:
@@ -835,17 +833,14 @@ def _batch_kernel(prep: _Prepared, implementation: NTKImplementation, chunk: int
 
         basis = torch.eye(m * o, dtype=problem.dtype, device=problem.device).reshape(m * o, m, o)
         columns = torch.cat([vmap(column)(basis[s : s + step]) for s in range(0, m * o, step)])
-        k = columns.reshape(m * o, m * o).T.reshape(m, o, m, o)  # row r of `columns` is K[:, r]
-        if kind is NTKKind.FULL:
-            return _select(k.reshape(m * o, m * o), keep, keep)
-        if kind in _SCALAR_KINDS:
-            return k[:, 0, :, 0]
-        diag = torch.diagonal(k, dim1=1, dim2=3)  # (m, m, O)
-        return diag.mean(dim=2) if kind is NTKKind.TRACE else diag
-    jac = jacrev(lambda p: batched(p, data).reshape(-1), chunk_size=None if chunk is None else step)(params)
-    j = torch.cat([t.reshape(m, o, -1) for t in jac.values()], dim=2)
-    del jac
-    k = _contract_jacobians(j, j, kind)
+        # Row r of `columns` is K[:, r].
+        k = _of_kind(columns.reshape(m * o, m * o).T.reshape(m, o, m, o), kind)
+    else:
+        rows = None if chunk is None else step
+        jac = jacrev(lambda p: batched(p, data).reshape(-1), chunk_size=rows)(params)
+        j = torch.cat([t.reshape(m, o, -1) for t in jac.values()], dim=2)
+        del jac
+        k = _contract_jacobians(j, j, kind)
     return _select(k.reshape(m * o, m * o), keep, keep) if kind is NTKKind.FULL else k
 
 
